@@ -1,0 +1,30 @@
+"""ddxr's exception types.
+
+Messages follow one shape: what was expected, what was found, where (file, run, column), and what to do.
+"""
+
+from __future__ import annotations
+
+
+class DdxrError(Exception):
+    """Base class of every error ddxr raises on purpose."""
+
+
+class SourceError(DdxrError):
+    """An input (DataDecide file, W&B store) is missing, unreachable or malformed."""
+
+
+class LinkError(DdxrError):
+    """A post-training run cannot be tied to its pretraining base or parent run."""
+
+
+class BuildError(DdxrError):
+    """The assembled Dataset would break its contract (duplicate points, missing index values)."""
+
+
+class SelectionError(DdxrError, KeyError):
+    """A label selection names an unknown level or matches nothing it must match."""
+
+
+class CacheError(DdxrError):
+    """A cache file is unreadable, truncated, corrupt or written by a newer schema."""

@@ -1,0 +1,70 @@
+"""Shared fixtures: throwaway PostgreSQL databases, SQLite URLs and the real samples."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+#: Where the real W&B and DataDecide rows live (see ../shared/real_samples/README.md).
+REAL_SAMPLES = Path(__file__).resolve().parent / "data" / "real_samples"
+PG_SERVER = os.environ.get("DDXR_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _admin_connection():
+    try:
+        connection = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as error:  # the suite promises real PostgreSQL: fail loudly, never skip
+        pytest.fail(f"PostgreSQL does not answer at {PG_SERVER} ({error}); start it and rerun", pytrace=False)
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture(scope="session")
+def make_pg_url() -> Iterator[Callable[[], str]]:
+    """Factory of fresh, empty PostgreSQL databases; every one is dropped when the session ends."""
+    created: list[str] = []
+    admin = _admin_connection()
+
+    def make() -> str:
+        name = f"ddxr_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{PG_SERVER}/{name}"
+
+    yield make
+    with admin.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def pg_url(make_pg_url: Callable[[], str]) -> str:
+    """URL of a fresh, empty PostgreSQL database for one test."""
+    return make_pg_url()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh SQLite file for one test."""
+    return f"sqlite:///{tmp_path / 'wandb.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A fresh empty store URL, once on PostgreSQL and once on SQLite."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("sqlite_url")
+
+
+@pytest.fixture(scope="session")
+def real_samples() -> Path:
+    """Folder of the real sample parquet files (copied from the shared real samples)."""
+    return REAL_SAMPLES
