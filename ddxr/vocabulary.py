@@ -34,9 +34,7 @@ SIZES = pd.DataFrame(
     _SIZE_ROWS, columns=["params", "batch_size", "true_params", "final_step", "wandb_model_size"]
 ).set_index("params")
 SIZES["tokens_per_step"] = SIZES["batch_size"] * SEQUENCE_LENGTH
-SIZES["params_numeric"] = [
-    float(label[:-1]) * (1e9 if label.endswith("B") else 1e6) for label in SIZES.index
-]
+SIZES["params_numeric"] = [float(label[:-1]) * (1e9 if label.endswith("B") else 1e6) for label in SIZES.index]
 
 #: Size labels in numeric order.
 PARAMS = tuple(SIZES.index)
@@ -116,9 +114,7 @@ _RECIPE_ROWS = [
 ]
 
 #: Recipes indexed by display name, with HF slug and internal ladder id.
-RECIPES = pd.DataFrame(
-    [row[:3] for row in _RECIPE_ROWS], columns=["data", "slug", "internal_id"]
-).set_index("data")
+RECIPES = pd.DataFrame([row[:3] for row in _RECIPE_ROWS], columns=["data", "slug", "internal_id"]).set_index("data")
 
 #: Recipe display names in the canonical order.
 DATA = tuple(RECIPES.index)
@@ -173,11 +169,12 @@ PRIMARY_METRIC = {**OLMES_TASKS, **dict.fromkeys((*MMLU_TASKS, "mmlu_average"), 
 
 #: The 28 DataDecide metrics, in full_eval order (``primary_metric`` last).
 METRICS = tuple(
-    "correct_choice acc_raw acc_per_token acc_per_char acc_per_byte acc_uncond no_answer sum_logits_corr "
-    "logits_per_token_corr logits_per_char_corr bits_per_byte_corr correct_prob correct_prob_per_token "
-    "correct_prob_per_char margin margin_per_token margin_per_char total_prob total_prob_per_token "
-    "total_prob_per_char uncond_correct_prob uncond_correct_prob_per_token uncond_correct_prob_per_char "
-    "uncond_total_prob norm_correct_prob norm_correct_prob_per_token norm_correct_prob_per_char primary_metric"
+    (
+        "correct_choice acc_raw acc_per_token acc_per_char acc_per_byte acc_uncond no_answer sum_logits_corr "
+        "logits_per_token_corr logits_per_char_corr bits_per_byte_corr correct_prob correct_prob_per_token "
+        "correct_prob_per_char margin margin_per_token margin_per_char total_prob total_prob_per_token "
+        "total_prob_per_char uncond_correct_prob uncond_correct_prob_per_token uncond_correct_prob_per_char "
+        "uncond_total_prob norm_correct_prob norm_correct_prob_per_token norm_correct_prob_per_char primary_metric"
     ).split()
 )
 
