@@ -1,0 +1,852 @@
+"""EvaluationManager: one evaluation schema for DataDecide pretraining columns and OLMES post-training evaluations.
+
+Pretraining checkpoints carry their evaluations as columns already named the ddxr way (``arc_challenge``,
+``arc_challenge_acc_raw``, ``mmlu_average``, ``pile_valppl``); post-training runs carry them in their W&B summary as
+``oe_eval_metrics/<task>`` JSON dicts and flat ``oe_eval_metrics/<task>/<metric>`` numbers (DATA_FORMATS.md §5.4,
+§5.5). This module maps both onto the same variable names, so that a task-named variable holds the task's primary
+score in both phases, and chooses which variables a build keeps (DESIGN.md §2: ``"core"``, ``"all"`` or a list).
+
+Naming rules
+------------
+- ``<task>``: the task's primary score (pretraining ``primary_metric``, post-training ``primary_score``).
+- ``<task>_<metric>``: any other metric of a DataDecide task (9 OLMES tasks, 57 MMLU subjects, ``mmlu_average``).
+- ``olmes_9_average``: the mean primary score of the nine OLMES tasks; NaN when any of the nine is missing, because a
+  mean over fewer tasks is not comparable. Post-training takes the ``core_9mcqa:rc::olmes:full`` aggregate's
+  ``primary_score`` (the same macro mean, computed by OLMES) and cross-checks it against the nine.
+- ``olmes_9_average_<metric>``: the aggregate's other entries (``acc_raw_macro``, ``primary_score_micro`` …),
+  post-training only.
+- Tasks outside the DataDecide vocabulary (generative evals such as ``ifeval`` or ``minerva_math_algebra``) are
+  post-training only and get ``<task>_<metric>`` names only (their primary score under ``<task>_<primary metric>``),
+  with anything other than letters, digits and ``_`` in the task or metric replaced by ``_``.
+- ``num_instances`` and ``task_config`` describe an evaluation, not a model, and are not variables.
+
+``higher_is_better`` is False for perplexities, losses, ``bits_per_byte_corr`` and ``no_answer``; True for accuracies,
+probabilities, margins (the correct answer's lead over the best wrong one) and log-likelihoods of the correct answer
+(``*_logits_*``, ``correct_logit*``: less negative is better) and for unknown post-training metrics; False also for
+``correct_choice`` and ``predicted_index_*``, which are answer indices rather than scores, and for ``lr_at_step``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
+
+import numpy as np
+import pandas as pd
+
+from ddxr.errors import BuildError, SourceError
+from ddxr.vocabulary import (
+    METRICS,
+    MMLU_TASKS,
+    OLMES_9_AVERAGE,
+    OLMES_TASKS,
+    PPL_SETS,
+    PRIMARY_METRIC,
+    TASKS_WITHOUT_UNCOND,
+    UNCOND_METRICS,
+    ppl_variable,
+)
+
+#: Named metric sets a build can select (besides an explicit list of variable names).
+METRIC_SETS = ("core", "all")
+#: Values of the ``phase`` column of :meth:`EvaluationManager.get_evaluations`.
+PHASES = ("pretraining", "posttraining")
+#: Key columns of the pretraining table.
+PRETRAINING_KEYS = ("params", "data", "seed", "step")
+#: Columns of the post-training entries (``WandBStore.read_run_entries``).
+ENTRY_COLUMNS = ("run_id", "key", "value")
+#: Columns of the post-training issues frame.
+ISSUE_COLUMNS = ("run_id", "task", "reason", "skipped")
+#: Summary key prefix of the OLMES evaluations.
+EVAL_PREFIX = "oe_eval_metrics/"
+#: OLMES aggregate over the nine multiple-choice tasks, mapped to ``olmes_9_average``.
+AGGREGATE_TASK = "core_9mcqa:rc::olmes:full"
+#: Variables read from W&B history by the progression manager, listed here so selection and attrs cover them.
+HISTORY_VARIABLES = ("train_loss", "lr_at_step")
+
+#: Metric families of the ten OLMES tasks kept by the ``"core"`` set.
+CORE_METRICS = (
+    "acc_raw",
+    "acc_per_token",
+    "acc_per_char",
+    "acc_per_byte",
+    "acc_uncond",
+    "correct_prob",
+    "correct_prob_per_token",
+    "correct_prob_per_char",
+)
+#: Metrics only the post-training flat keys report (DATA_FORMATS.md §5.5).
+POSTTRAINING_METRICS = (
+    "correct_logit",
+    "correct_logit_per_token",
+    "correct_logit_per_char",
+    "predicted_index_raw",
+    "predicted_index_per_token",
+    "predicted_index_per_char",
+    "predicted_index_per_byte",
+    "predicted_index_uncond",
+)
+
+_TASK_LABELS = {
+    "arc_challenge": "ARC-Challenge",
+    "arc_easy": "ARC-Easy",
+    "boolq": "BoolQ",
+    "csqa": "CommonsenseQA",
+    "hellaswag": "HellaSwag",
+    "openbookqa": "OpenBookQA",
+    "piqa": "PIQA",
+    "socialiqa": "Social IQa",
+    "winogrande": "WinoGrande",
+    "mmlu_average": "MMLU average (57 subjects)",
+    "olmes_9": "OLMES 9-task aggregate",
+    **{task: "MMLU " + task.removeprefix("mmlu_").replace("_", " ") for task in MMLU_TASKS},
+}
+_TEN_TASKS = (*OLMES_TASKS, "mmlu_average")
+# task order of every listing: the nine OLMES tasks, then MMLU
+_TASK_ORDER = (*_TEN_TASKS, *MMLU_TASKS)
+_UNCOND_ONLY = (*UNCOND_METRICS, "predicted_index_uncond")
+_LOWER_IS_BETTER = ("bits_per_byte", "no_answer", "loss", "ppl", "perplexity", "error")
+_NOT_A_SCORE = ("correct_choice", "predicted_index")
+_ISCLOSE = {"rtol": 1e-6, "atol": 1e-9}  # JSON carries 10 significant digits; this only flags real disagreements
+
+
+def _task_metrics(task: str) -> list[str]:
+    """Metric names (not the primary score) a DataDecide task has, in full_eval order."""
+    metrics = [*METRICS[:-1], *(POSTTRAINING_METRICS if task in OLMES_TASKS else ())]
+    return [m for m in metrics if not (task in TASKS_WITHOUT_UNCOND and m in _UNCOND_ONLY)]
+
+
+#: (task, metric) of every variable ddxr knows without reading data, in the documented order: primary scores,
+#: averages, task metrics (task-major), perplexities, history. ``metric`` "primary_score" marks a primary score.
+_STATIC: dict[str, tuple[str, str]] = {
+    **{task: (task, "primary_score") for task in (*OLMES_TASKS, *MMLU_TASKS)},
+    "mmlu_average": ("mmlu_average", "primary_score"),
+    OLMES_9_AVERAGE: (OLMES_9_AVERAGE, "primary_score"),
+    **{f"{task}_{metric}": (task, metric) for task in _TASK_ORDER for metric in _task_metrics(task)},
+    **{ppl_variable(ppl_set): (ppl_set, "perplexity") for ppl_set in PPL_SETS},
+    "train_loss": ("training", "train_loss"),
+    "lr_at_step": ("training", "lr_at_step"),
+}
+_RANK = {name: rank for rank, name in enumerate(_STATIC)}
+# post-training-only names found in data sort after the task metrics, before the perplexities
+_FOUND_RANK = _RANK[ppl_variable(PPL_SETS[0])] - 0.5
+
+#: The ``"core"`` metric set (DESIGN.md §2).
+CORE_VARIABLES = frozenset(
+    [
+        *(*OLMES_TASKS, *MMLU_TASKS, "mmlu_average", OLMES_9_AVERAGE),
+        *(ppl_variable(ppl_set) for ppl_set in PPL_SETS),
+        *HISTORY_VARIABLES,
+        *(f"{task}_{metric}" for task in _TEN_TASKS for metric in CORE_METRICS if f"{task}_{metric}" in _STATIC),
+    ]
+)
+
+
+class EvaluationManager:
+    """One evaluation schema for pretraining checkpoints and post-training runs.
+
+    Parameters
+    ----------
+    metrics : {"core", "all"} or sequence of str, default "core"
+        Variables to keep. ``"core"``: every task's primary score, ``mmlu_average``, ``olmes_9_average``, the 11
+        perplexities, ``train_loss``, ``lr_at_step`` and the ``acc_*`` / ``correct_prob*`` families of the nine
+        OLMES tasks and ``mmlu_average``. ``"all"``: every variable found. A list: exactly those variables (NaN where
+        a phase did not measure them). Names of post-training-only tasks that ddxr does not know in advance are
+        checked once post-training evaluations are read.
+
+    Raises
+    ------
+    BuildError
+        If ``metrics`` is neither a metric set nor a list of names, or names a variable that cannot exist.
+
+    Examples
+    --------
+    >>> manager = EvaluationManager(["pile_valppl", "arc_challenge"])
+    >>> manager.variables(["arc_challenge", "pile_valppl", "hellaswag"])
+    ['arc_challenge', 'pile_valppl']
+    >>> manager.variable_attrs("arc_challenge")["long_name"]
+    'ARC-Challenge primary score (acc_uncond)'
+    """
+
+    def __init__(self, metrics: str | Sequence[str] = "core") -> None:
+        self.metrics = _validate_metrics(metrics)
+        # (task, metric) of post-training-only variables met in data, for selection and attrs
+        self._found: dict[str, tuple[str, str]] = {}
+
+    # ------------------------------------------------------------------ selection and attributes
+    def variables(self, available: Iterable[str]) -> list[str]:
+        """Selected variable names in the documented order.
+
+        The order is: primary scores (OLMES tasks, then MMLU subjects), averages (``mmlu_average``,
+        ``olmes_9_average``), task metrics (task by task, metrics in full_eval order), post-training-only variables
+        (alphabetically), perplexities, then ``train_loss`` and ``lr_at_step``.
+
+        Parameters
+        ----------
+        available : iterable of str
+            Columns or variables present; names that are not evaluation variables (``tokens``, ``run_id`` …) are
+            ignored. Only consulted for the ``"core"`` and ``"all"`` sets: a list is returned whole.
+
+        Returns
+        -------
+        list of str
+
+        Raises
+        ------
+        BuildError
+            If an explicit list names a variable that is neither in ddxr's vocabulary nor found in the
+            post-training evaluations read so far.
+        """
+        if isinstance(self.metrics, tuple):
+            self._check_known(self.metrics)
+            names = set(self.metrics)
+        else:
+            candidates = CORE_VARIABLES if self.metrics == "core" else _STATIC.keys() | self._found.keys()
+            names = set(available) & candidates
+        return sorted(names, key=_order_key)
+
+    def variable_attrs(self, name: str) -> dict[str, str | bool]:
+        """CF-style attributes of a variable: ``long_name``, ``task``, ``metric``, ``higher_is_better``, ``source``.
+
+        Primary scores also carry ``primary_metric``; derived averages carry ``formula``.
+
+        Parameters
+        ----------
+        name : str
+            A variable of ddxr's vocabulary or one found in the post-training evaluations read by this manager.
+
+        Returns
+        -------
+        dict
+
+        Raises
+        ------
+        BuildError
+            If the name is unknown.
+        """
+        if name in _SPECIAL_ATTRS:
+            return dict(_SPECIAL_ATTRS[name])
+        if name in _STATIC:
+            return _metric_attrs(*_STATIC[name], source=_source(*_STATIC[name]))
+        if name not in self._found:
+            raise BuildError(
+                f"no attributes for variable {name!r}: it is neither in ddxr's vocabulary nor among the "
+                f"{len(self._found)} post-training variables this manager has read; read the evaluations first"
+            )
+        return _metric_attrs(*self._found[name], source="OLMES")
+
+    def _evaluation_variables(self, available: Iterable[str]) -> list[str]:
+        """:meth:`variables` without the history variables, which the progression manager provides."""
+        return [name for name in self.variables(available) if name not in HISTORY_VARIABLES]
+
+    def _check_known(self, names: Iterable[str]) -> None:
+        unknown = [name for name in names if name not in _STATIC and name not in self._found]
+        if unknown:
+            also = f" or one of the {len(self._found)} post-training-only variables found in the evaluations read"
+            raise _unknown_names_error(unknown, [*_STATIC, *self._found], also)
+
+    # ------------------------------------------------------------------ pretraining
+    def pretraining_evaluations(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Standardize the DataDecide pretraining evaluations.
+
+        Parameters
+        ----------
+        table : pandas.DataFrame
+            ``read_datadecide(...).table``: keys ``params, data, seed, step`` and metric columns in ddxr names
+            (``<task>``, ``<task>_<metric>``, ``mmlu_average[_<metric>]``, ``<set>_valppl``). Other columns
+            (``tokens``, ``compute``, ``lr_at_step`` …) are not evaluations and are left out.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The four keys, then the selected metric columns in :meth:`variables` order, ``olmes_9_average`` among
+            them (NaN on rows missing any of the nine OLMES primary scores). One row per input row, same order.
+
+        Raises
+        ------
+        SourceError
+            If key columns are missing, a metric column is not numeric, or the columns use datadec's raw names.
+        """
+        _require_columns(table, PRETRAINING_KEYS, "the pretraining table", "read it with ddxr.sources.datadecide")
+        found = [name for name in table.columns if name in _STATIC and name not in HISTORY_VARIABLES]
+        _reject_raw_names(table)
+        if isinstance(self.metrics, tuple):
+            # names outside the vocabulary are post-training-only candidates: no pretraining column for them
+            columns = sorted(
+                (name for name in self.metrics if name in _STATIC and name not in HISTORY_VARIABLES), key=_order_key
+            )
+        else:
+            columns = self._evaluation_variables([*found, OLMES_9_AVERAGE])
+        measured = [name for name in columns if name in table.columns and name != OLMES_9_AVERAGE]
+        _require_numeric(table, list(dict.fromkeys([*measured, *(name for name in OLMES_TASKS if name in table)])))
+        metrics = table[measured].astype("float64").reindex(columns=columns)
+        if OLMES_9_AVERAGE in columns:
+            metrics[OLMES_9_AVERAGE] = _mean_of_nine(table)
+        return pd.concat([table[list(PRETRAINING_KEYS)], metrics], axis=1)
+
+    # ------------------------------------------------------------------ post-training
+    def posttraining_evaluations(self, entries: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Standardize the OLMES evaluations of post-training runs.
+
+        Parameters
+        ----------
+        entries : pandas.DataFrame
+            ``WandBStore.read_run_entries("summary", "oe_eval_metrics/")``: columns ``run_id``, ``key``, ``value``
+            with one row per summary key and its value as JSON text (already decoded values are accepted too).
+            Keys outside ``oe_eval_metrics/`` are ignored.
+
+        Returns
+        -------
+        evaluations : pandas.DataFrame
+            Indexed by ``run_id``, one row per run with at least one usable value; the selected variables as
+            float64 columns in :meth:`variables` order. ``mmlu_average`` and the MMLU subjects are never measured
+            after pretraining.
+        issues : pandas.DataFrame
+            Columns ``run_id``, ``task``, ``reason``, ``skipped``. ``skipped`` True: a value left out — a whole
+            task of a run when its ``oe_eval_metrics/<task>`` dict is unparseable, not a dict or has no numeric
+            ``primary_score``; one value when a flat ``oe_eval_metrics/<task>/<metric>`` is not a number.
+            ``skipped`` False: a discrepancy resolved by a documented choice (``primary_score`` disagreeing with the
+            metric ``task_config.primary_metric`` names → primary_score kept; dict and flat key disagreeing → dict
+            kept; the aggregate disagreeing with the mean of the nine → aggregate kept; a repeated key → last kept;
+            no dict → primary score taken from the task's OLMES primary metric).
+
+        Raises
+        ------
+        SourceError
+            If ``entries`` lacks one of its three columns.
+        BuildError
+            If an explicit metric list names a variable found neither in ddxr's vocabulary nor in ``entries``.
+        """
+        _require_columns(entries, ENTRY_COLUMNS, "the post-training evaluation entries", "read them with WandBStore")
+        keyed = entries.loc[entries["key"].astype(str).str.startswith(EVAL_PREFIX), list(ENTRY_COLUMNS)]
+        keyed = keyed.reset_index(drop=True)  # masks below align on the index: it must be unique
+        keyed, repeated = _deduplicate(keyed)
+        parsed = _parse(keyed)
+        dict_rows = parsed[parsed["metric"].isna()]
+        dict_values, dict_tasks, dict_issues = _explode_dicts(dict_rows)
+        # a task whose dict is unusable is skipped whole for that run, its flat keys included
+        broken = dict_rows[~_pairs_in(dict_rows, dict_tasks)]
+        flat_values, flat_issues = _flat_values(parsed[parsed["metric"].notna()])
+        flat_values = flat_values[~_pairs_in(flat_values, broken)]
+        values, merge_issues = _merge_sources(dict_values, flat_values, dict_tasks)
+        values, primary_issues = _check_primary(values, dict_tasks)
+        self._found.update(_found_variables(values))
+        evaluations, aggregate_issues = _widen(values)
+        evaluations = evaluations.reindex(columns=self._evaluation_variables([*evaluations.columns, OLMES_9_AVERAGE]))
+        issues = pd.concat(
+            [repeated, dict_issues, flat_issues, merge_issues, primary_issues, aggregate_issues], ignore_index=True
+        )
+        return evaluations, issues.sort_values(["run_id", "task"], kind="stable", ignore_index=True)
+
+    # ------------------------------------------------------------------ both phases
+    def get_evaluations(
+        self, pretraining: pd.DataFrame | None, entries: pd.DataFrame | None, eval_type: str = "all"
+    ) -> pd.DataFrame:
+        """Both phases' evaluations in one long table (the seed's unified interface).
+
+        Parameters
+        ----------
+        pretraining : pandas.DataFrame or None
+            The pretraining table (see :meth:`pretraining_evaluations`).
+        entries : pandas.DataFrame or None
+            The post-training entries (see :meth:`posttraining_evaluations`).
+        eval_type : {"all", "pretraining", "posttraining"}, default "all"
+            Which phases to include.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``phase``, ``params``, ``data``, ``seed``, ``step`` (pretraining keys, missing on post-training
+            rows), ``run_id`` (missing on pretraining rows), then the selected variables in :meth:`variables` order.
+            ``attrs["issues"]`` holds the post-training issues as records (see :meth:`posttraining_evaluations`).
+
+        Raises
+        ------
+        BuildError
+            If ``eval_type`` is unknown or the phases it asks for were not given.
+        """
+        wanted = PHASES if eval_type == "all" else (eval_type,)
+        if not set(wanted) <= set(PHASES):
+            raise BuildError(f"eval_type={eval_type!r} is unknown; expected one of {['all', *PHASES]}")
+        frames, issues = [], []
+        if "pretraining" in wanted and pretraining is not None:
+            frames.append(self.pretraining_evaluations(pretraining).assign(phase="pretraining"))
+        if "posttraining" in wanted and entries is not None:
+            evaluations, found_issues = self.posttraining_evaluations(entries)
+            frames.append(evaluations.reset_index().assign(phase="posttraining"))
+            issues = found_issues.to_dict("records")
+        if not frames:
+            raise BuildError(
+                f"eval_type={eval_type!r} asks for {list(wanted)} evaluations but none were given; "
+                "pass the pretraining table and/or the post-training entries"
+            )
+        stacked = pd.concat(frames, ignore_index=True)
+        names = self._evaluation_variables(stacked.columns)
+        keys = ["phase", *PRETRAINING_KEYS, "run_id"]
+        stacked = stacked.reindex(columns=[*keys, *names])
+        stacked[["seed", "step"]] = stacked[["seed", "step"]].astype("Int64")
+        stacked.attrs["issues"] = issues
+        return stacked
+
+
+# ---------------------------------------------------------------------- selection helpers
+def _validate_metrics(metrics: str | Sequence[str]) -> str | tuple[str, ...]:
+    if isinstance(metrics, str):
+        if metrics in METRIC_SETS:
+            return metrics
+        hint = f"metrics=[{metrics!r}] for one variable" if metrics in _STATIC else "a list of variable names"
+        raise BuildError(f"metrics={metrics!r} is not a metric set; expected one of {list(METRIC_SETS)} or {hint}")
+    names = tuple(dict.fromkeys(metrics))
+    if not names or not all(isinstance(name, str) for name in names):
+        raise BuildError(f"metrics={metrics!r}: expected a non-empty list of variable names (str)")
+    # a name ending like a vocabulary variable but not in it can never be found: catch it before any reading
+    impossible = [name for name in names if name not in _STATIC and _claims_vocabulary(name)]
+    if impossible:
+        raise _unknown_names_error(impossible, list(_STATIC), "")
+    return names
+
+
+def _claims_vocabulary(name: str) -> bool:
+    """Whether a name has the form of a DataDecide variable (known task + known metric, or a perplexity)."""
+    if name.endswith("_valppl"):
+        return True
+    task = next((task for task in _TASK_ORDER if name.startswith(task + "_")), None)
+    return task is not None and name.removeprefix(task + "_") in (*METRICS, *POSTTRAINING_METRICS)
+
+
+def _unknown_names_error(unknown: list[str], candidates: list[str], also: str) -> BuildError:
+    hints = "; ".join(
+        f"{name!r} (close matches: {', '.join(map(repr, difflib.get_close_matches(name, candidates, n=3))) or 'none'})"
+        for name in unknown
+    )
+    return BuildError(
+        f"metrics names variables that do not exist: {hints}. Expected a variable of ddxr's vocabulary (e.g. "
+        f"'arc_challenge', 'arc_challenge_acc_raw', 'mmlu_average', 'olmes_9_average', 'pile_valppl'){also}; fix "
+        "the names, or build with metrics='all' and pick from the variables it returns"
+    )
+
+
+def _order_key(name: str) -> tuple[float, str]:
+    return (_RANK.get(name, _FOUND_RANK), name)
+
+
+# ---------------------------------------------------------------------- attributes
+_SPECIAL_ATTRS: dict[str, dict[str, str | bool]] = {
+    OLMES_9_AVERAGE: {
+        "long_name": "mean primary score of the 9 OLMES tasks",
+        "task": "olmes_9",
+        "metric": "primary_score",
+        "higher_is_better": True,
+        "source": "DataDecide + OLMES",
+        "formula": "mean of arc_challenge, arc_easy, boolq, csqa, hellaswag, openbookqa, piqa, socialiqa, "
+        "winogrande (NaN if any is missing); post-training: oe_eval core_9mcqa:rc::olmes:full primary_score",
+    },
+    "mmlu_average": {
+        "long_name": "MMLU average (57 subjects) primary score (acc_raw)",
+        "task": "mmlu_average",
+        "metric": "primary_score",
+        "primary_metric": "acc_raw",
+        "higher_is_better": True,
+        "source": "DataDecide",
+        "formula": "unweighted mean of the 57 mmlu_<subject> primary scores",
+    },
+    "train_loss": {
+        "long_name": "training loss",
+        "task": "training",
+        "metric": "train_loss",
+        "higher_is_better": False,
+        "source": "W&B history",
+    },
+    "lr_at_step": {
+        "long_name": "scheduled learning rate at the point",
+        "task": "training",
+        "metric": "lr_at_step",
+        "higher_is_better": False,
+        "source": "DataDecide + W&B history",
+    },
+}
+
+
+def _metric_attrs(task: str, metric: str, source: str) -> dict[str, str | bool]:
+    label = _TASK_LABELS.get(task, task)
+    attrs: dict[str, str | bool] = {
+        "long_name": f"{label} {metric}",
+        "task": task,
+        "metric": metric,
+        "higher_is_better": _higher_is_better(metric),
+        "source": source,
+    }
+    if metric == "perplexity":
+        attrs["long_name"] = f"{task} validation perplexity"
+    elif metric == "primary_score" and task in PRIMARY_METRIC:
+        primary = PRIMARY_METRIC[task]
+        attrs.update(long_name=f"{label} primary score ({primary})", primary_metric=primary)
+    return attrs
+
+
+def _source(task: str, metric: str) -> str:
+    """Where a vocabulary variable is measured: OLMES tasks in both phases, MMLU and perplexities in pretraining."""
+    if metric in POSTTRAINING_METRICS:
+        return "OLMES"
+    return "DataDecide + OLMES" if task in OLMES_TASKS else "DataDecide"
+
+
+def _higher_is_better(metric: str) -> bool:
+    return not any(part in metric for part in (*_LOWER_IS_BETTER, *_NOT_A_SCORE))
+
+
+# ---------------------------------------------------------------------- checks on inputs
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, action: str) -> None:
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise SourceError(
+            f"{source} lacks columns {missing}: expected {list(columns)}, found {list(frame.columns)[:12]}; {action}"
+        )
+
+
+def _reject_raw_names(table: pd.DataFrame) -> None:
+    twins = {f"{task}_primary_metric": task for task in PRIMARY_METRIC}
+    twins.update({f"{ppl_set}-valppl": ppl_variable(ppl_set) for ppl_set in PPL_SETS})
+    raw = [name for name in table.columns if name in twins and twins[name] not in table.columns]
+    if raw:
+        raise SourceError(
+            f"the pretraining table uses datadec's raw column names (e.g. {raw[:3]}) without their ddxr names; "
+            "expected '<task>' for primary scores and '<set>_valppl' for perplexities: read it with "
+            "ddxr.sources.datadecide or rename with ddxr.vocabulary.metric_variable / ppl_variable"
+        )
+
+
+def _require_numeric(table: pd.DataFrame, columns: list[str]) -> None:
+    bad = [name for name in columns if not pd.api.types.is_numeric_dtype(table[name])]
+    if bad:
+        raise SourceError(
+            f"pretraining metric columns {bad[:5]} are not numeric (dtypes {[str(table[n].dtype) for n in bad[:5]]}); "
+            "expected float scores: check how the table was read"
+        )
+
+
+def _mean_of_nine(frame: pd.DataFrame) -> np.ndarray:
+    """Mean of the nine OLMES primary scores per row; NaN where any is missing (mean over fewer is not comparable)."""
+    return frame.reindex(columns=list(OLMES_TASKS)).to_numpy(dtype="float64").mean(axis=1)
+
+
+# ---------------------------------------------------------------------- post-training parsing
+class _Unparseable:
+    """Marks a value whose JSON text could not be parsed."""
+
+
+_UNPARSEABLE = _Unparseable()
+
+
+def _loads(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # already decoded by the driver, or NULL
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _UNPARSEABLE
+
+
+def _text(*parts: pd.Series | np.ndarray | str) -> pd.Series:
+    """Concatenate columns (as text) and literals element-wise: one message per row, built vectorized."""
+    return reduce(operator.add, [part.astype(str) if isinstance(part, pd.Series) else part for part in parts])
+
+
+def _snippet(values: pd.Series) -> pd.Series:
+    return "'" + values.astype(str).str.slice(0, 40) + "'"
+
+
+def _format(values: pd.Series) -> pd.Series:
+    return values.map("{:.10g}".format).astype(str)
+
+
+def _issues(frame: pd.DataFrame, reason: pd.Series | str, skipped: bool) -> pd.DataFrame:
+    """Issue rows for the (run_id, task) pairs of ``frame``; ``reason`` aligned with ``frame``."""
+    return pd.DataFrame(
+        {
+            "run_id": frame["run_id"].astype(str),
+            "task": frame["task"].astype(str),
+            "reason": reason,
+            "skipped": skipped,
+        },
+        columns=list(ISSUE_COLUMNS),
+    ).reset_index(drop=True)
+
+
+def _per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series | pd.DataFrame]) -> pd.DataFrame:
+    """Apply a string transform once per distinct value: keys and names repeat across runs."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    return transform(pd.Series(distinct, dtype=object)).take(codes).set_axis(values.index)
+
+
+def _split_key(keys: pd.Series) -> pd.DataFrame:
+    """``oe_eval_metrics/<task>[/<metric>]`` → columns 0 (task) and 1 (metric, missing for the per-task dicts)."""
+    return keys.str.slice(len(EVAL_PREFIX)).str.split("/", n=1, expand=True).reindex(columns=[0, 1])
+
+
+def _deduplicate(entries: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the last of repeated (run_id, key) entries and record the repetition."""
+    repeated = entries.duplicated(["run_id", "key"], keep="last")
+    dropped = entries.loc[repeated].drop_duplicates(["run_id", "key"])
+    reason = _text(dropped["key"], ": repeated for this run; kept the last value")
+    return entries.loc[~repeated], _issues(dropped.assign(task=_split_key(dropped["key"])[0]), reason, skipped=False)
+
+
+def _parse(entries: pd.DataFrame) -> pd.DataFrame:
+    """One row per entry: run_id, key, task, metric (missing for the per-task dicts), text, decoded value.
+
+    Most values are plain numbers: one vectorized conversion reads them, and only the rest (dicts, broken text)
+    goes through ``json.loads``.
+    """
+    keys = entries["key"].astype(str)
+    names = _per_distinct(keys, _split_key)
+    decoded = pd.to_numeric(entries["value"], errors="coerce").astype(object)
+    other = decoded.isna()
+    decoded[other] = entries.loc[other, "value"].map(_loads)
+    return pd.DataFrame(
+        {
+            "run_id": entries["run_id"].astype(str),
+            "key": keys,
+            "task": names[0].astype(str),
+            "metric": names[1].astype(object),
+            "text": entries["value"],
+            "decoded": decoded,
+        }
+    )
+
+
+def _numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Values as float64, and a mask of values present but not numbers (``"NaN"`` counts as a number)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = numbers.isna() & values.notna()
+    bad[bad] = ~values[bad].astype(str).str.strip().str.lower().eq("nan")
+    return numbers, bad
+
+
+def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The ``oe_eval_metrics/<task>`` dicts as long values.
+
+    Returns
+    -------
+    values : pandas.DataFrame
+        (run_id, task, metric, value) of every numeric metric of the usable dicts, ``primary_score`` included.
+    tasks : pandas.DataFrame
+        (run_id, task, primary_metric, primary_score) of every usable dict.
+    issues : pandas.DataFrame
+        Skipped tasks (unparseable, not a dict, no numeric primary_score) and skipped values.
+    """
+    kinds = rows["decoded"].map(type)
+    is_dict = kinds.isin([dict])
+    not_dicts = rows.loc[~is_dict]
+    found = np.where(
+        kinds[~is_dict].isin([_Unparseable]),
+        _text("unparseable JSON ", _snippet(not_dicts["text"])),
+        _text("a ", kinds[~is_dict].map(operator.attrgetter("__name__"))),
+    )
+    reason = _text(
+        not_dicts["key"],
+        ": expected a JSON object of metrics, found ",
+        found,
+        "; skipped this task for this run (re-export the run's summary to recover it)",
+    )
+    issues = [_issues(not_dicts, reason, skipped=True)]
+
+    dicts = rows.loc[is_dict]
+    table = _flatten(pd.DataFrame(dicts["decoded"].tolist(), index=dicts.index))
+    primary_raw = table.get("primary_score", pd.Series(np.nan, index=dicts.index, dtype=object))
+    primary, bad_primary = _numbers(primary_raw)
+    lacking = dicts.loc[primary.isna()]
+    reason = _text(
+        lacking["key"],
+        ": expected a numeric primary_score in the metrics dict, found ",
+        np.where(bad_primary[primary.isna()], _snippet(primary_raw[primary.isna()]), "none or NaN"),
+        "; skipped this task for this run",
+    )
+    issues.append(_issues(lacking, reason, skipped=True))
+
+    usable = dicts.loc[primary.notna()]
+    config = table.get("task_config", pd.Series(np.nan, index=dicts.index, dtype=object))
+    primary_metric = config.where(config.map(type).isin([dict])).str.get("primary_metric")
+    tasks = usable[["run_id", "task"]].assign(
+        primary_metric=primary_metric[primary.notna()].astype(object), primary_score=primary[primary.notna()]
+    )
+    long = (
+        table.loc[primary.notna(), [name for name in table.columns if name not in _NOT_METRICS]]
+        .rename_axis("_entry")
+        .reset_index()
+        .melt(id_vars="_entry", var_name="metric", value_name="raw")
+    )
+    long = long[long["raw"].notna()].join(usable[["run_id", "task", "key"]], on="_entry")
+    values, value_issues = _numeric_values(long, _text(long["key"], "[", long["metric"], "]"), long["raw"])
+    return values, tasks, pd.concat([*issues, value_issues], ignore_index=True)
+
+
+# task_config describes the evaluation and num_instances its size: neither is a measurement of the model
+_NOT_METRICS = ("task_config", "num_instances")
+
+
+def _flatten(table: pd.DataFrame) -> pd.DataFrame:
+    """Lift the entries of nested dicts (``extra_metrics``) to columns; ``task_config`` stays whole.
+
+    Loops over the few columns of the dicts, never over runs.
+    """
+    nested = [
+        name
+        for name in table.columns
+        if name not in _NOT_METRICS and table[name].dtype == object and table[name].map(type).isin([dict]).any()
+    ]
+    lifted = []
+    for name in nested:
+        column = table[name]
+        inner = column[column.map(type).isin([dict])]
+        prefix = "" if name == "extra_metrics" else f"{name}_"
+        lifted.append(pd.DataFrame(inner.tolist(), index=inner.index).add_prefix(prefix))
+    return pd.concat([table.drop(columns=nested), *lifted], axis=1)
+
+
+def _numeric_values(rows: pd.DataFrame, where: pd.Series, raw: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(run_id, task, metric, value) of the numeric ``raw`` values, and a skip issue for each non-number."""
+    numbers, bad = _numbers(raw)
+    reason = _text(where[bad], ": expected a number, found ", _snippet(raw[bad]), "; left this value out")
+    values = rows.assign(value=numbers).loc[~bad & numbers.notna(), ["run_id", "task", "metric", "value"]]
+    return values, _issues(rows.loc[bad], reason, skipped=True)
+
+
+def _flat_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The flat ``oe_eval_metrics/<task>/<metric>`` numbers, and issues for values that are not numbers."""
+    raw = rows["decoded"].where(~rows["decoded"].map(type).isin([_Unparseable]), rows["text"])
+    return _numeric_values(rows, rows["key"], raw)
+
+
+def _pairs_in(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """Mask of the rows of ``frame`` whose (run_id, task) occurs in ``pairs``."""
+    index = pd.MultiIndex.from_frame(frame[["run_id", "task"]])
+    return index.isin(pd.MultiIndex.from_frame(pairs[["run_id", "task"]]))
+
+
+def _merge_sources(
+    dict_values: pd.DataFrame, flat_values: pd.DataFrame, tasks: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One value per (run_id, task, metric): the dict's, else the flat key's; disagreements recorded.
+
+    A DataDecide task without a usable dict gets its primary score from the flat key of its OLMES primary metric.
+    """
+    keys = ["run_id", "task", "metric"]
+    merged = dict_values.merge(flat_values, on=keys, how="outer", suffixes=("_dict", "_flat"))
+    both = merged["value_dict"].notna() & merged["value_flat"].notna()
+    wrong = merged.loc[both & ~np.isclose(merged["value_dict"], merged["value_flat"], **_ISCLOSE)]
+    dict_key = _text(EVAL_PREFIX, wrong["task"])
+    reason = _text(
+        *(dict_key, " has ", wrong["metric"], " = ", _format(wrong["value_dict"])),
+        *(" but ", dict_key, "/", wrong["metric"], " = ", _format(wrong["value_flat"])),
+        "; kept the dict value",
+    )
+    issues = [_issues(wrong, reason, skipped=False)]
+
+    values = merged.assign(value=merged["value_dict"].fillna(merged["value_flat"]))[[*keys, "value"]]
+    without_dict = ~_pairs_in(values, tasks) & (values["metric"] == values["task"].map(PRIMARY_METRIC))
+    stand_ins = values.loc[without_dict]
+    dict_key = _text(EVAL_PREFIX, stand_ins["task"])
+    reason = _text(
+        *(dict_key, " (the metrics dict) is absent; took the primary score from "),
+        *(dict_key, "/", stand_ins["metric"], ", the task's OLMES primary metric"),
+    )
+    issues.append(_issues(stand_ins, reason, skipped=False))
+    values = pd.concat([values, stand_ins.assign(metric="primary_score")], ignore_index=True)
+    return values, pd.concat(issues, ignore_index=True)
+
+
+def _check_primary(values: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compare each primary_score with the metric its task_config names, then name the values' variables.
+
+    ``primary_score`` is kept whatever the comparison says: it is what OLMES reports as the task's score.
+    """
+    tasks = tasks[tasks["task"] != AGGREGATE_TASK]  # its primary_metric is "macro": checked against the nine instead
+    named = tasks.merge(
+        values.rename(columns={"metric": "primary_metric", "value": "named_value"}),
+        on=["run_id", "task", "primary_metric"],
+        how="left",
+    )
+    key = _text(EVAL_PREFIX, named["task"])
+    metric = named["primary_metric"].astype(str)
+    expected = named["task"].map(PRIMARY_METRIC)
+    unnamed = named["primary_metric"].isna()
+    differ = named["named_value"].notna() & ~np.isclose(named["primary_score"], named["named_value"], **_ISCLOSE)
+    absent = named["named_value"].isna() & ~unnamed
+    unexpected = expected.notna() & ~unnamed & (metric != expected)
+    messages = {
+        "differ": _text(
+            key,
+            *(": primary_score ", _format(named["primary_score"])),
+            *(" but task_config.primary_metric ", metric, " = ", _format(named["named_value"])),
+            "; kept primary_score",
+        ),
+        "unnamed": _text(key, ": task_config.primary_metric is missing; kept primary_score unchecked"),
+        "absent": _text(
+            key,
+            *(": task_config.primary_metric names '", metric),
+            "', which this evaluation does not report; kept primary_score unchecked",
+        ),
+        "unexpected": _text(
+            key,
+            *(": task_config.primary_metric is '", metric, "' where OLMES and DataDecide use '", expected),
+            "'; kept primary_score as the task's score",
+        ),
+    }
+    masks = {"differ": differ, "unnamed": unnamed, "absent": absent, "unexpected": unexpected}
+    issues = [_issues(named.loc[mask], messages[name][mask], skipped=False) for name, mask in masks.items()]
+    return _name_variables(values, tasks), pd.concat(issues, ignore_index=True)
+
+
+def _sanitize(names: pd.Series) -> pd.Series:
+    return names.str.replace(r"[^0-9A-Za-z_]+", "_", regex=True).str.strip("_")
+
+
+def _name_variables(values: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
+    """Add the ddxr variable of every value; another task's primary score goes under its primary metric's name."""
+    known = values["task"].isin(PRIMARY_METRIC.keys())
+    aggregate = values["task"] == AGGREGATE_TASK
+    primary = values["metric"] == "primary_score"
+    other_primary = primary & ~known & ~aggregate
+    renamed = values[other_primary].merge(tasks, on=["run_id", "task"], how="left")["primary_metric"]
+    metric = values["metric"].copy()
+    metric[other_primary] = renamed.fillna("primary_score").astype(str).to_numpy()
+    task, clean_metric = _per_distinct(values["task"], _sanitize), _per_distinct(metric, _sanitize)
+    variable = np.select(
+        [known & primary, known, aggregate & primary, aggregate],
+        [values["task"], values["task"] + "_" + metric, OLMES_9_AVERAGE, OLMES_9_AVERAGE + "_" + clean_metric],
+        default=task + "_" + clean_metric,
+    )
+    named = values.assign(metric=metric, variable=variable)
+    # another task's primary score and the metric it names land on one variable: the primary score wins
+    return pd.concat([named[other_primary], named[~other_primary]]).drop_duplicates(["run_id", "variable"])
+
+
+def _found_variables(values: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """(task, metric) of the post-training variables outside ddxr's vocabulary."""
+    found = values.drop_duplicates("variable")
+    found = found[~found["variable"].isin(_STATIC.keys())]
+    task = found["task"].mask(found["task"] == AGGREGATE_TASK, "olmes_9")
+    return dict(zip(found["variable"], zip(task, found["metric"], strict=True), strict=True))
+
+
+def _widen(values: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per run; ``olmes_9_average`` from the aggregate, else the mean of the nine, cross-checked."""
+    wide = values.set_index(["run_id", "variable"])["value"].unstack("variable")
+    wide = wide.rename_axis(index="run_id", columns=None).astype("float64")
+    nine = pd.Series(_mean_of_nine(wide), index=wide.index)
+    aggregate = wide.get(OLMES_9_AVERAGE, pd.Series(np.nan, index=wide.index))
+    differ = aggregate.notna() & nine.notna() & ~np.isclose(aggregate, nine, rtol=0, atol=1e-6)
+    reason = _text(
+        f"{EVAL_PREFIX}{AGGREGATE_TASK}: primary_score ",
+        _format(aggregate[differ]).to_numpy(),
+        " but the mean of the nine task primary scores is ",
+        _format(nine[differ]).to_numpy(),
+        "; kept the aggregate",
+    )
+    runs = pd.DataFrame({"run_id": wide.index[differ], "task": AGGREGATE_TASK})
+    wide[OLMES_9_AVERAGE] = aggregate.fillna(nine)
+    return wide, _issues(runs, reason, skipped=False)
