@@ -39,6 +39,17 @@ from ddxr.vocabulary import (
     UNCOND_METRICS,
 )
 
+__all__ = [
+    "DPO_TOKENS_PER_PAIR",
+    "HISTORY_COLUMNS",
+    "MESS_KINDS",
+    "README_SWEEP",
+    "START",
+    "TRUTH_COLUMNS",
+    "generate_posttraining",
+    "repaired_total_tokens",
+]
+
 #: Tokens per preference pair assumed when estimating DPO tokens (DATA_FORMATS.md §7 rule (a)): the launcher planned
 #: ≈210M tokens per epoch of the 269,478-pair Tulu-3 preference mix. DPO tokens at a point =
 #: training_step × per_device_train_batch_size × gradient_accumulation_steps × gpu_count × DPO_TOKENS_PER_PAIR.
@@ -183,7 +194,7 @@ _DPO_HISTORY_KEYS = (
     "rewards/accuracy",
 )
 #: A row of the internal run plan, from ``DataFrame.itertuples`` (a namedtuple of the plan's columns).
-PlanRow = Any
+_PlanRow = Any
 
 HISTORY_COLUMNS = ("run_id", "step", "timestamp", "runtime", *dict.fromkeys(_SFT_HISTORY_KEYS + _DPO_HISTORY_KEYS))
 
@@ -422,25 +433,36 @@ def _messy_sft(rng: np.random.Generator, params: tuple[str, ...], data: tuple[st
     mid_step, _ = _bases(rng, np.array([mid_size]), np.array([True]))
     match_size = size("530M")
     match_step = 6250 if match_size == "530M" else int(_bases(rng, np.array([match_size]), np.array([True]))[0][0])
-    rows = [
-        dict(family="legacy", params=size("4M"), data=recipe("Dolma1.7"), budget_m=0, epochs=2, state="crashed"),
-        dict(
+    rows = {
+        "crashed": dict(family="legacy", params=size("4M"), data=recipe("Dolma1.7"), budget_m=0, epochs=2),
+        "missing_model_path": dict(
             family="explicit",
             params=mid_size,
             data=recipe(),
             base_step=int(mid_step[0]),
             seed=int(rng.integers(0, 3)),
             budget_m=30,
+            exp="ckpt_finetune",
         ),
-        dict(params=size(), data=recipe(), token=_UNKNOWN_RECIPE, budget_m=30),
-        dict(family="toks", params=size(), data=recipe()),
-        dict(params=size(), data=recipe(), budget_m=30, logging_steps=10),
-        dict(params=size("4M"), data=recipe("Dolma1.7"), budget_m=1, learning_rate=5e-7),
-        dict(params=size(), data=recipe(), budget_m=300, state="running"),
-        dict(family="loss_test", params=size("4M"), data=recipe(), budget_m=10, logging_steps=10, reduce_loss="sum"),
-        dict(family="ft", params=size("4M"), data=recipe("Dolma1.7"), budget_m=0, epochs=2),
-        dict(family="ft", params=size("150M"), data=recipe("DCLM-Baseline"), budget_m=0, epochs=2, name_dashes=False),
-        dict(
+        "unlinkable": dict(params=size(), data=recipe(), token=_UNKNOWN_RECIPE, budget_m=30),
+        "malformed_eval_json": dict(family="toks", params=size(), data=recipe()),
+        "duplicate_steps": dict(params=size(), data=recipe(), budget_m=30, logging_steps=10),
+        "no_history": dict(params=size("4M"), data=recipe("Dolma1.7"), budget_m=1, learning_rate=5e-7),
+        "running": dict(params=size(), data=recipe(), budget_m=300),
+        "reduce_loss_sum": dict(
+            family="loss_test",
+            params=size("4M"),
+            data=recipe(),
+            budget_m=10,
+            logging_steps=10,
+            reduce_loss="sum",
+            exp="loss_test",
+        ),
+        "tokens_restart": dict(family="ft", params=size("4M"), data=recipe("Dolma1.7"), budget_m=0, epochs=2),
+        "lr_only_in_args": dict(
+            family="ft", params=size("150M"), data=recipe("DCLM-Baseline"), budget_m=0, epochs=2, name_dashes=False
+        ),
+        "numbers_as_strings": dict(
             family="matched",
             params=match_size,
             data=recipe("Dolma1.7"),
@@ -450,19 +472,16 @@ def _messy_sft(rng: np.random.Generator, params: tuple[str, ...], data: tuple[st
             cmp_metric="c4",
             learning_rate=5e-6,
         ),
-    ]
-    sft_kinds = [kind for kind in MESS_KINDS if kind != "dpo_parent_missing"]
+    }
     built = []
-    for kind, row in zip(sft_kinds, rows, strict=True):
+    for kind, row in rows.items():
         row.setdefault("base_step", int(SIZES.loc[row["params"], "final_step"]))
         row.setdefault("learning_rate", float(rng.choice(SFT_LEARNING_RATES[2:9])))
-        built.append(_sft_row(**row, mess=kind, group_key=f"mess-{kind}", exp=_MESS_EXP.get(kind, "test_finetune")))
+        state = kind if kind in ("crashed", "running") else "finished"
+        built.append(_sft_row(**row, mess=kind, state=state, group_key=f"mess-{kind}"))
     frame = pd.DataFrame(built)
     codes = _recipe_tokens(rng, frame["data"].to_numpy())
     return frame.assign(token=np.where(frame["token"] == _UNKNOWN_RECIPE, _UNKNOWN_RECIPE, codes))
-
-
-_MESS_EXP = {"reduce_loss_sum": "loss_test", "missing_model_path": "ckpt_finetune"}
 
 
 def _pick(rng: np.random.Generator, choices: tuple[str, ...], preferred: str) -> str:
@@ -484,11 +503,15 @@ def _bases(rng: np.random.Generator, params: np.ndarray, intermediate: np.ndarra
 
 def _recipe_tokens(rng: np.random.Generator, data: np.ndarray) -> np.ndarray:
     """How a run name spells each recipe: a short code of §6.2 when one exists (40 %), else the HF slug."""
-    codes = {d: _name_codes(d) for d in np.unique(data)}
-    slug = RECIPES["slug"].reindex(data).to_numpy()
+    tokens = RECIPES["slug"].reindex(data).to_numpy().astype(object)
+    use_code = rng.random(len(data)) < 0.4
     u = rng.random(len(data))
-    code = np.array([codes[d][int(x * len(codes[d]))] if codes[d] else "" for d, x in zip(data, u, strict=True)])
-    return np.where((code != "") & (rng.random(len(data)) < 0.4), code, slug)
+    for recipe in np.unique(data):  # one pass per recipe, not per run
+        codes = np.array(_name_codes(recipe), dtype=object)
+        rows = use_code & (data == recipe)
+        if len(codes):
+            tokens[rows] = codes[(u[rows] * len(codes)).astype(np.int64)]
+    return tokens
 
 
 def _name_codes(data: str) -> tuple[str, ...]:
@@ -648,7 +671,7 @@ def _run_names(plan: pd.DataFrame) -> list[str]:
     return [_run_name(row, stamp) for row, stamp in zip(plan.itertuples(index=False), stamps, strict=True)]
 
 
-def _run_name(row: PlanRow, stamp: str) -> str:
+def _run_name(row: _PlanRow, stamp: str) -> str:
     block = f"DD-{row.token}-{row.params}"
     lr = _fmt_lr(row.learning_rate)
     budget = _budget_token(row.budget_m, row.epochs)
@@ -710,7 +733,7 @@ def _link_parents(plan: pd.DataFrame) -> None:
     plan["parent_dir"] = np.where(is_dpo, parent_dirs.to_numpy() + slash, "")
 
 
-def _missing_parent_dir(row: PlanRow) -> str:
+def _missing_parent_dir(row: _PlanRow) -> str:
     """Output folder of an SFT parent that was never exported: launched a day before the first exported run."""
     stamp = (START - _LAUNCH_OFFSET - pd.Timedelta(days=1)).strftime("%Y_%m_%d-%H_%M_%S")
     launch = f"{stamp}_test_finetune_DD-{RECIPES.loc[row.data, 'slug']}-{row.params}_main"
@@ -1139,7 +1162,7 @@ def _record_columns(rng: np.random.Generator, plan: pd.DataFrame, runtime: np.nd
     )
 
 
-def _model_path(row: PlanRow) -> str:
+def _model_path(row: _PlanRow) -> str:
     """What ``model_name_or_path`` holds: the DPO parent's folder, an HF cache path or repo id, or a local path."""
     if row.run_type == "dpo":
         return row.parent_dir
@@ -1152,7 +1175,7 @@ def _model_path(row: PlanRow) -> str:
     return f"{_HUB}/models--{repo.replace('/', '--')}/snapshots/{snapshot}"
 
 
-def _tags(row: PlanRow) -> str:
+def _tags(row: _PlanRow) -> str:
     if row.run_type == "dpo":
         return "dpo_tune_cache"
     if row.family == "legacy":
@@ -1160,7 +1183,7 @@ def _tags(row: PlanRow) -> str:
     return "finetune,dclm-dolma" if row.slug.startswith("dclm") else "finetune"
 
 
-def _config(row: PlanRow, pretrain_evals: dict[tuple[str, str], dict[str, float]]) -> dict[str, object]:
+def _config(row: _PlanRow, pretrain_evals: dict[tuple[str, str], dict[str, float]]) -> dict[str, object]:
     """The run config (§5.1): identity, hyperparameters, model/data, launcher keys, DPO keys, pretraining evals."""
     is_dpo = row.run_type == "dpo"
     size = _SIZE_TABLE[row.params]
@@ -1250,7 +1273,7 @@ def _config(row: PlanRow, pretrain_evals: dict[tuple[str, str], dict[str, float]
     return _config_mess(row, config)
 
 
-def _config_mess(row: PlanRow, config: dict[str, object]) -> dict[str, object]:
+def _config_mess(row: _PlanRow, config: dict[str, object]) -> dict[str, object]:
     if row.mess == "missing_model_path":
         config.pop("model_name_or_path")
         config["tokenizer_name_or_path"] = "allenai/gpt-neox-olmo-dolma-v1_5"
@@ -1291,7 +1314,7 @@ def _pretrain_eval_table(plan: pd.DataFrame) -> dict[tuple[str, str], dict[str, 
     return dict(zip(zip(params, data, strict=True), records, strict=True))
 
 
-def _train_summary(row: PlanRow, last: dict[str, float], lines: int) -> dict[str, object]:
+def _train_summary(row: _PlanRow, last: dict[str, float], lines: int) -> dict[str, object]:
     """Summary keys of a run that trained: the last logged values (so the last LR, not the hyperparameter)."""
     if lines == 0:
         return {"_wandb": {"runtime": 90}}
@@ -1310,7 +1333,7 @@ def _train_summary(row: PlanRow, last: dict[str, float], lines: int) -> dict[str
     return summary
 
 
-def _args(row: PlanRow, config: dict[str, object]) -> list[str]:
+def _args(row: _PlanRow, config: dict[str, object]) -> list[str]:
     """The launcher's command line: every hyperparameter, even the ones the config lost."""
     is_dpo = row.run_type == "dpo"
     args = ["--exp_name", row.run_name, "--run_name", row.run_name, "--output_dir", row.output_dir.rsplit("/", 1)[0]]
@@ -1338,7 +1361,7 @@ def _args(row: PlanRow, config: dict[str, object]) -> list[str]:
     return args
 
 
-def _metadata(row: PlanRow, config: dict[str, object]) -> dict[str, object]:
+def _metadata(row: _PlanRow, config: dict[str, object]) -> dict[str, object]:
     """``wandb_metadata``: the trainer's launch record, or a later update script's for the run without history."""
     common = {
         "os": "Linux-4.18.0-513.18.1.el8_9.x86_64-x86_64-with-glibc2.28",
@@ -1376,7 +1399,7 @@ def _metadata(row: PlanRow, config: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _system_metrics(rng: np.random.Generator, row: PlanRow) -> dict[str, float]:
+def _system_metrics(rng: np.random.Generator, row: _PlanRow) -> dict[str, float]:
     """A few hardware aggregates per GPU, as ``system_metrics`` holds them."""
     metrics: dict[str, float] = {"system.cpu": round(float(rng.uniform(0.5, 2.0)), 10)}
     for gpu in range(int(row.gpu_count)):
@@ -1388,7 +1411,7 @@ def _system_metrics(rng: np.random.Generator, row: PlanRow) -> dict[str, float]:
 
 
 def _system_attrs(
-    row: PlanRow,
+    row: _PlanRow,
     config: dict[str, object],
     summary: dict[str, object],
     system_metrics: dict[str, float],
