@@ -23,6 +23,7 @@ from ddxr.managers.naming import (
     parse_run_names,
 )
 from ddxr.managers.relationships import LINK_COLUMNS, RunRelationshipManager, last_evaluated_steps
+from ddxr.synthetic.posttraining import generate_posttraining
 from ddxr.vocabulary import PARAMS, RECIPE_CODES, RECIPES, SIZES
 
 TRAINER = "/home/u/open-instruct/open_instruct/finetune.py"
@@ -228,6 +229,23 @@ def test_layout_a_puts_the_name_first_and_never_uses_the_logged_rate(real_sample
         assert links.loc[LEGACY, "link_reason"] == "learning_rate not found in config, args or name"
 
 
+def test_synthetic_store_links_match_its_ground_truth() -> None:
+    runs, _, truth = generate_posttraining(40, random_seed=3)
+    runs = runs.assign(
+        layout="B",
+        tags=runs["system_attrs"].str.get("tags"),
+        created_at=pd.to_datetime(runs["created_at"]).dt.tz_localize("UTC"),
+    )
+    links = RunRelationshipManager(runs).links.set_index("run_id").loc[truth["run_id"]]
+    truth = truth.set_index("run_id")
+    assert links["link_status"].tolist() == truth["expected_link_status"].tolist()
+    for column in ("run_type", "params", "data", "seed", "base_step"):
+        pd.testing.assert_series_equal(links[column], truth[column], check_dtype=False, check_names=False)
+    np.testing.assert_allclose(links["learning_rate"], truth["learning_rate"], rtol=1e-12)
+    in_store = links["parent_run_id"].where(links["parent_in_store"])
+    assert in_store.fillna("").tolist() == truth["parent_run_id"].fillna("").tolist()
+
+
 # ---------------------------------------------------------------------------------------------------- name families
 FAMILIES = [
     # name, family, recipe code, size, checkpoint, budget, epochs, learning rate
@@ -370,7 +388,7 @@ def test_unknown_recipe_code_leaves_the_run_unlinked_with_the_code() -> None:
     row = links.iloc[0]
     assert row["link_status"] == "unlinked"
     assert row["link_reason"] == "unknown recipe code 'dolma2_0' in run name; add it to vocabulary.RECIPE_CODES"
-    assert row["params"] == "150M" and pd.isna(row["data"])  # what is known stays, for the report
+    assert row[["params", "data", "seed", "base_step"]].isna().all()  # no half-parsed base to misuse
 
 
 def test_seed_index_above_four_and_unknown_checkpoint_are_unlinked() -> None:

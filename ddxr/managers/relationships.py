@@ -18,8 +18,9 @@
   and the merged ``raw_data`` learning rate is used only when the run logged no summary over it (no ``_step``).
   Launch metadata written by another program (an update script) is ignored.
 
-A run that cannot be linked stays in :attr:`RunRelationshipManager.links` with ``link_status`` ``"unlinked"`` and
-the reason; crashed and running runs are linked like finished ones (their ``state`` is a column).
+A run that cannot be linked stays in :attr:`RunRelationshipManager.links` with ``link_status`` ``"unlinked"``, the
+reason, and no base (``params, data, seed, base_step`` missing); crashed and running runs are linked like finished
+ones (their ``state`` is a column).
 """
 
 from __future__ import annotations
@@ -623,6 +624,8 @@ def _inherit(own: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
         looped = own["run_id"].map(roots["looped"])
         fatal = _join([fatal, _note(looped, "parent chain loops back onto itself")])
     links["link_status"] = np.where(fatal.eq(""), "linked", "unlinked")
+    # a half-parsed base would look usable to code that forgets to filter on link_status
+    links.loc[fatal.ne(""), ["params", "data", "seed", "base_step"]] = None
     links["link_reason"] = _join([fatal, own["_notes"]])
     links["conflicts"] = conflicts
     return links.astype({"seed": "Int64", "base_step": "Int64"})
