@@ -1,0 +1,226 @@
+"""SQL plumbing of the W&B store: URLs, error translation, per-dialect JSON expressions and bulk writes.
+
+Only PostgreSQL (through psycopg2) and SQLite are supported; the functions here take the dialect name
+(``"postgresql"`` or ``"sqlite"``) or a connection, so :mod:`ddxr.sources.wandb_store` reads as one backend-neutral
+contract.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.engine import URL, make_url
+
+from ddxr.errors import SourceError
+
+URL_HELP = "use postgresql://user@host:port/database or sqlite:///path/to/runs.db"
+# psycopg 3 (SQLAlchemy's default for a driverless postgresql:// URL) is not a ddxr dependency, and the COPY path
+# needs psycopg2's copy_expert: every PostgreSQL URL is routed to psycopg2.
+_POSTGRES_DRIVERS = {"", "psycopg2", "psycopg"}
+_SQLITE_DRIVERS = {"", "pysqlite"}
+_CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A database URL: what SQLAlchemy connects with, and what may be shown to people.
+
+    Attributes
+    ----------
+    url : sqlalchemy.engine.URL
+        The URL with the driver ddxr uses (``postgresql+psycopg2`` or ``sqlite``).
+    redacted : str
+        The URL as the user wrote it, with any password replaced by ``***``.
+    secrets : tuple of str
+        Strings that must never be shown (the password, from the userinfo or the query string).
+    """
+
+    url: URL = field(repr=False)  # its query string may hold a password
+    redacted: str
+    secrets: tuple[str, ...] = field(repr=False)
+
+    @property
+    def dialect(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self.url.get_backend_name()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***`` (driver messages may echo connection parameters)."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def create_engine(self) -> sa.Engine:
+        """An engine for this URL, with a bounded connect timeout on PostgreSQL."""
+        connect_args = {}
+        if self.dialect == "postgresql" and "connect_timeout" not in self.url.query:
+            connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+        return sa.create_engine(self.url, connect_args=connect_args)
+
+
+def parse_url(url: str) -> StoreURL:
+    """Check a user's database URL and choose its driver.
+
+    Parameters
+    ----------
+    url : str
+        ``postgresql://…``, ``postgres://…``, ``postgresql+psycopg2://…``, ``postgresql+psycopg://…`` or
+        ``sqlite:///…``.
+
+    Returns
+    -------
+    StoreURL
+
+    Raises
+    ------
+    SourceError
+        When the URL cannot be parsed or names another database or driver.
+    """
+    try:
+        given = make_url(url)
+    except (sa.exc.ArgumentError, TypeError, ValueError):
+        raise SourceError(f"cannot parse the W&B store URL (not shown: it may hold a password); {URL_HELP}") from None
+    query_passwords = given.query.get("password") or ()
+    if isinstance(query_passwords, str):  # libpq also takes the password as a query parameter
+        query_passwords = (query_passwords,)
+    secrets = tuple(secret for secret in (given.password, *query_passwords) if secret)
+    shown = given.update_query_dict({"password": "***"}) if query_passwords else given
+    redacted = shown.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
+    backend, _, driver = given.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in _POSTGRES_DRIVERS:
+        return StoreURL(given.set(drivername="postgresql+psycopg2"), redacted, secrets)
+    if backend == "sqlite" and driver in _SQLITE_DRIVERS:
+        return StoreURL(given, redacted, secrets)
+    raise SourceError(f"unsupported database URL scheme {given.drivername!r} in {redacted}; {URL_HELP}")
+
+
+def driver_message(error: Exception) -> str:
+    """The first line of the driver's own message (SQLAlchemy's wrapper appends SQL text and parameters)."""
+    original = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+    text = str(original).strip()
+    return text.splitlines()[0] if text else type(original).__name__
+
+
+@contextmanager
+def translated_errors(url: StoreURL) -> Iterator[None]:
+    """Turn driver errors raised inside the block (through SQLAlchemy or straight from the driver's cursor, see
+    :func:`stream_rows`) into a :class:`SourceError` that cannot leak the password."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, psycopg2.Error, sqlite3.Error) as error:
+        raise SourceError(
+            f"the W&B store at {url.redacted} failed: {url.scrub(driver_message(error))}; check that its tables "
+            "were written by a W&B downloader or WandBStore"
+        ) from None
+
+
+def any_of(dialect: str, column: sa.ColumnElement, values: Sequence[str]) -> sa.ColumnElement[bool]:
+    """``column`` is one of ``values``, as ONE bound parameter whatever the number of values.
+
+    PostgreSQL gets ``= ANY(:array)``; SQLite gets ``IN (SELECT value FROM json_each(:json_array))``, which avoids
+    its bound-variable limit (999 before 3.32) without batching.
+    """
+    values = list(values)
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(sa.Text)))
+    listed = sa.func.json_each(sa.bindparam(None, json.dumps(values), type_=sa.Text)).table_valued("value")
+    return column.in_(sa.select(listed.c.value))
+
+
+def json_member(dialect: str, column: sa.ColumnElement, key: str) -> sa.ColumnElement:
+    """The value of top-level ``key`` of a JSON column, for any key text (``/``, ``.``, quotes, non-ASCII).
+
+    PostgreSQL returns text (``metrics ->> :key``). SQLite returns the SQL value (REAL, INTEGER, TEXT) through a
+    ``json_each`` lookup: SQLite 3.40's ``'$."key"'`` paths match the key's escaped source text, so keys holding
+    ``"`` or stored with ``\\u`` escapes would silently come back NULL.
+    """
+    if dialect == "postgresql":
+        return sa.cast(column, JSONB)[key].astext
+    entry = sa.func.json_each(column).table_valued("key", "value").alias()
+    return sa.select(entry.c.value).where(entry.c.key == sa.bindparam(None, key, type_=sa.Text)).scalar_subquery()
+
+
+def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) -> sa.Select:
+    """Rows ``(run_id, key, value)`` of the top-level entries of ``table.column`` whose key starts with
+    ``key_prefix``; ``value`` is the entry's JSON text."""
+    json_column = table.c[column]
+    if dialect == "postgresql":
+        entry = sa.func.jsonb_each(sa.cast(json_column, JSONB)).table_valued("key", "value").alias("entry")
+        value = sa.cast(entry.c.value, sa.Text)
+        # PostgreSQL's LIKE is case-sensitive; autoescape keeps the '_' of 'oe_eval_metrics/' literal
+        matches = entry.c.key.startswith(key_prefix, autoescape=True)
+    else:
+        entry = sa.func.json_each(json_column).table_valued("key", "value", "fullkey").alias("entry")
+        # `->` returns the entry's JSON text verbatim; for keys holding '"' (which SQLite 3.40 paths cannot name)
+        # json_quote is the fallback, with 15 significant digits for reals
+        value = sa.func.coalesce(
+            json_column.op("->", return_type=sa.Text)(entry.c.fullkey), sa.func.json_quote(entry.c.value)
+        )
+        # SQLite's LIKE ignores ASCII case: the substr equality makes the prefix test exact
+        matches = entry.c.key.startswith(key_prefix, autoescape=True) & (
+            sa.func.substr(entry.c.key, 1, len(key_prefix)) == key_prefix
+        )
+    return (
+        sa.select(table.c.run_id, entry.c.key, value.label("value"))
+        .select_from(table)
+        .join(entry, sa.true())
+        .where(matches)
+        .order_by(table.c.run_id, entry.c.key)
+    )
+
+
+def bulk_insert(connection: sa.Connection, table: sa.Table, rows: pa.Table, json_columns: Sequence[str]) -> None:
+    """Append ``rows`` (column names = table columns; JSON columns already as JSON text) to ``table``.
+
+    PostgreSQL: one ``COPY … FROM STDIN (FORMAT csv)`` through the raw psycopg2 connection, inside the caller's
+    transaction (Arrow's CSV writer quotes strings, writes nulls as empty fields and floats in shortest round-trip
+    form). SQLite: one ``executemany``, the JSON columns bound as text so SQLAlchemy does not encode them twice.
+    """
+    if rows.num_rows == 0:  # SQLAlchemy would run an executemany of no rows as one INSERT of NULLs
+        return
+    if connection.dialect.name == "postgresql":
+        quote = connection.dialect.identifier_preparer.quote
+        buffer = io.BytesIO()
+        pa_csv.write_csv(rows, buffer, pa_csv.WriteOptions(include_header=False))
+        buffer.seek(0)
+        columns = ", ".join(quote(name) for name in rows.column_names)
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            cursor.copy_expert(f"COPY {quote(table.name)} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+        return
+    statement = sa.insert(table).values({name: sa.bindparam(name, type_=sa.Text) for name in json_columns})
+    connection.execute(statement, rows.to_pylist())
+
+
+def stream_rows(connection: sa.Connection, statement: sa.Select, chunk_size: int) -> Iterator[list[tuple]]:
+    """The rows of ``statement`` as lists of at most ``chunk_size`` plain tuples.
+
+    The statement is compiled by SQLAlchemy and run on the driver's own cursor: a named (server-side) cursor on
+    PostgreSQL, so the server hands out ``chunk_size`` rows at a time and memory follows the chunk size. The
+    driver's tuples go straight into ``DataFrame.from_records``; SQLAlchemy's ``Row`` objects cost more than the
+    query itself when pandas inspects them (≈7 µs a row). The statement's parameters must need no SQLAlchemy
+    bind processing (text, numbers, lists of text).
+    """
+    compiled = statement.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    parameters = compiled.params
+    if compiled.positional:
+        parameters = tuple(parameters[name] for name in compiled.positiontup)
+    driver_connection = connection.connection.dbapi_connection
+    postgres = connection.dialect.name == "postgresql"
+    cursor = driver_connection.cursor(f"ddxr_{uuid.uuid4().hex}") if postgres else driver_connection.cursor()
+    try:
+        cursor.execute(str(compiled), parameters)
+        while rows := cursor.fetchmany(chunk_size):
+            yield rows
+    finally:
+        cursor.close()

@@ -1,0 +1,867 @@
+"""The W&B store: post-training runs and their history in PostgreSQL or SQLite (DATA_FORMATS.md §4-§5).
+
+:class:`WandBStore` reads both real table layouts — A, one merged ``raw_data`` JSONB per run; B, separate
+``config`` / ``summary`` / ``wandb_metadata`` / ``system_metrics`` / ``system_attrs`` / ``sweep_info`` JSONB — and
+writes layout B (JSONB on PostgreSQL, JSON text on SQLite). History reads extract only the requested metric keys in
+SQL and stream in bounded chunks, so memory follows the chunk size, not the history size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from ddxr.errors import SourceError
+from ddxr.sources._sql import (
+    StoreURL,
+    any_of,
+    bulk_insert,
+    driver_message,
+    json_entries,
+    json_member,
+    parse_url,
+    stream_rows,
+    translated_errors,
+)
+
+__all__ = ["COERCION_FAILURES", "WandBStore"]
+
+#: Key of ``DataFrame.attrs`` holding ``{metric key: number of non-numeric values read as NaN}``.
+COERCION_FAILURES = "coercion_failures"
+
+RUN_TEXT_COLUMNS = ("run_id", "run_name", "state", "project", "entity")
+RUN_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_metrics", "system_attrs", "sweep_info")
+#: JSON columns :meth:`WandBStore.read_runs` returns and :meth:`WandBStore.read_run_entries` accepts.
+READ_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_attrs")
+HISTORY_COLUMNS = ("run_id", "step", "timestamp", "runtime")
+_LAYOUT_A_MERGED = ("config", "summary")  # both read layout A's raw_data
+_NAN_TEXT = r"\s*[+-]?nan\s*"  # spellings pd.to_numeric reads as NaN on purpose: not coercion failures
+
+_JSON = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _layout_b() -> sa.MetaData:
+    """The layout-B tables as ddxr writes them; ``created_at`` is UTC without zone, as in layout A."""
+    metadata = sa.MetaData()
+    sa.Table(
+        "wandb_runs",
+        metadata,
+        sa.Column("run_id", sa.Text, primary_key=True),
+        *(sa.Column(name, sa.Text) for name in RUN_TEXT_COLUMNS[1:]),
+        sa.Column("created_at", sa.DateTime),
+        *(sa.Column(name, _JSON) for name in RUN_JSON_COLUMNS),
+    )
+    sa.Table(
+        "wandb_history",
+        metadata,
+        # SQLite autoincrements only an INTEGER PRIMARY KEY
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.Text, nullable=False),
+        sa.Column("step", sa.BigInteger, nullable=False),
+        sa.Column("timestamp", sa.Double),  # epoch seconds (W&B `_timestamp`)
+        sa.Column("runtime", sa.Double),  # seconds since the run started (W&B `_runtime`)
+        sa.Column("wandb_metadata", _JSON),
+        sa.Column("metrics", _JSON),
+        sa.Index("ix_wandb_history_run_id_step", "run_id", "step"),
+        sqlite_autoincrement=True,  # never reuse the ids of replaced history: stats() max_id must move
+    )
+    return metadata
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """The store's tables as reflected from the database."""
+
+    layout: str
+    runs: sa.Table
+    history: sa.Table | None
+
+
+@dataclass(frozen=True)
+class _HistoryQuery:
+    """A history SELECT, the metric keys of its ``metric_<i>`` columns, and how to read its timestamps."""
+
+    statement: sa.Select
+    keys: list[str]
+    timestamp_kind: str
+
+
+class WandBStore:
+    """W&B runs and history stored in PostgreSQL or SQLite.
+
+    Parameters
+    ----------
+    url : str
+        ``postgresql://user@host:port/database`` (also ``postgres://``, ``postgresql+psycopg2://``; PostgreSQL is
+        always reached through psycopg2) or ``sqlite:///path/to/runs.db``.
+    chunk_size : int, default 50_000
+        Rows per chunk when streaming history out of, or writing it into, the store.
+
+    Raises
+    ------
+    SourceError
+        When the URL is malformed or the database cannot be reached. No message ever holds the password.
+
+    Examples
+    --------
+    >>> store = WandBStore("sqlite://")
+    >>> store.create_tables()
+    >>> store.layout
+    'B'
+    >>> store.read_runs().shape
+    (0, 13)
+    """
+
+    def __init__(self, url: str, *, chunk_size: int = 50_000) -> None:
+        self._url: StoreURL = parse_url(url)
+        self.chunk_size = _positive(chunk_size)
+        self._engine = self._url.create_engine()
+        self._schema_cache: _Schema | None = None
+        with self._connect():  # an unreachable server fails here, not at the first read
+            pass
+
+    def __repr__(self) -> str:
+        return f"WandBStore({self.url_redacted!r})"
+
+    def __enter__(self) -> WandBStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection (the store reconnects if used again)."""
+        self._engine.dispose()
+
+    @property
+    def url_redacted(self) -> str:
+        """The store's URL with any password replaced by ``***``: the only form of the URL ddxr ever shows."""
+        return self._url.redacted
+
+    @property
+    def layout(self) -> str:
+        """``"A"`` (one merged ``raw_data`` column) or ``"B"`` (separate JSON columns), from ``wandb_runs``'s columns.
+
+        Raises
+        ------
+        SourceError
+            When ``wandb_runs`` is missing or has neither ``raw_data`` nor ``config``.
+        """
+        return self._schema().layout
+
+    # ----------------------------------------------------------------------------------------------- writing
+
+    def create_tables(self) -> None:
+        """Create the layout-B tables ``wandb_runs`` and ``wandb_history`` (index on ``(run_id, step)``).
+
+        Idempotent: existing layout-B tables are kept with their rows.
+
+        Raises
+        ------
+        SourceError
+            When the database already holds tables of layout A or of an unknown layout (§8.19: one database
+            cannot hold both layouts).
+        """
+        with self._connect() as connection:
+            has_runs = sa.inspect(connection).has_table("wandb_runs")
+        if has_runs:
+            self._writable(require_history=False)
+        with self._connect(write=True) as connection:
+            _layout_b().create_all(connection)
+        self._schema_cache = None
+
+    def store_runs(self, runs: pd.DataFrame) -> int:
+        """Write runs, replacing any stored run with the same ``run_id`` (as a W&B re-download does).
+
+        Replacement touches ``wandb_runs`` only: a run's history is replaced by :meth:`store_history`.
+
+        Parameters
+        ----------
+        runs : pandas.DataFrame
+            Columns ``run_id`` (unique, non-empty), ``run_name``, ``state``, ``project``, ``entity``,
+            ``created_at`` (datetimes or ISO text; naive values are UTC), and optionally the dict-valued
+            ``config``, ``summary``, ``wandb_metadata``, ``system_metrics``, ``system_attrs`` (tags go in
+            ``system_attrs["tags"]``), ``sweep_info`` (missing or None → ``{}``). Non-finite floats inside the
+            dicts are stored as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (JSONB cannot hold them).
+
+        Returns
+        -------
+        int
+            Number of runs written.
+
+        Raises
+        ------
+        SourceError
+            On missing or unknown columns, empty or duplicated run ids, unparseable ``created_at``, JSON cells
+            that are not dicts, or a store of layout A.
+        """
+        schema = self._writable(require_history=False)
+        rows = _run_rows(runs)
+        with self._connect(write=True) as connection:
+            run_ids = rows.column("run_id").to_pylist()
+            connection.execute(sa.delete(schema.runs).where(any_of(self._url.dialect, schema.runs.c.run_id, run_ids)))
+            bulk_insert(connection, schema.runs, rows, RUN_JSON_COLUMNS)
+        return rows.num_rows
+
+    def store_history(self, history: pd.DataFrame) -> int:
+        """Write history rows, replacing all stored history of every run present in ``history``.
+
+        Pass each run's whole history in one call: as a W&B re-download does, a second call for the same run
+        replaces the first.
+
+        Parameters
+        ----------
+        history : pandas.DataFrame
+            Columns ``run_id``, ``step`` (integers), optionally ``timestamp`` (epoch seconds, or datetimes/ISO
+            text — naive means UTC) and ``runtime`` (seconds). Every other column is a metric: its numeric
+            values are packed into the row's ``metrics`` JSON under the column name; NaN values are omitted (W&B
+            logs a key only when it was measured), ±inf become ``"Infinity"`` / ``"-Infinity"``, booleans 1/0.
+
+        Returns
+        -------
+        int
+            Number of history rows written.
+
+        Raises
+        ------
+        SourceError
+            On missing ``run_id``/``step``, empty run ids, non-integer steps, non-numeric metric columns, metric
+            names that are not strings or hold a NUL character, or a store of layout A.
+        """
+        table = self._writable(require_history=True).history
+        frame = _history_input(history)
+        keys = frame.columns[len(HISTORY_COLUMNS) :]
+        with self._connect(write=True) as connection:
+            run_ids = frame["run_id"].unique().tolist()
+            connection.execute(sa.delete(table).where(any_of(self._url.dialect, table.c.run_id, run_ids)))
+            for start in range(0, len(frame), self.chunk_size):  # bounded memory for the JSON text and CSV buffer
+                chunk = frame.iloc[start : start + self.chunk_size]
+                bulk_insert(connection, table, _history_rows(chunk, keys), ("metrics",))
+        return len(frame)
+
+    # ----------------------------------------------------------------------------------------------- reading
+
+    def read_runs(self) -> pd.DataFrame:
+        """All runs, one row each, ordered by ``run_id``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``run_id, run_name, state, project, entity`` (str), ``created_at`` (datetime64 UTC), ``layout``
+            (``"A"``/``"B"``), ``config, summary, wandb_metadata, system_attrs`` (dicts), ``tags`` (list of str:
+            ``system_attrs["tags"]`` in layout B, else the config's ``wandb_tags`` split on ``,`` — layout A's
+            ``raw_data.wandb_tags``) and ``history_line_count`` (Int64, W&B's ``historyLineCount``; NA when
+            unknown, always in layout A). In layout A, ``config`` and ``summary`` are copies of the one merged
+            ``raw_data`` dict (summary values written over config values), and ``wandb_metadata`` and
+            ``system_attrs`` are empty: use ``layout`` to know.
+
+        Raises
+        ------
+        SourceError
+            When a JSON cell is not a JSON object or ``created_at`` cannot be read as a date.
+        """
+        schema = self._schema()
+        runs = schema.runs
+        self._require_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"))
+        stored_json = ("raw_data",) if schema.layout == "A" else READ_JSON_COLUMNS
+        stored_json = tuple(name for name in stored_json if name in runs.c)
+        # text in, parsed here: the same code for PostgreSQL's decoded JSONB and SQLite's JSON or TEXT columns
+        columns = [
+            *(runs.c[name] for name in RUN_TEXT_COLUMNS),
+            sa.type_coerce(runs.c.created_at, sa.String).label("created_at"),
+            *(sa.type_coerce(runs.c[name], sa.String).label(name) for name in stored_json),
+        ]
+        raw = self._read_frame(sa.select(*columns).order_by(runs.c.run_id))
+        return _runs_frame(raw, schema.layout)
+
+    def read_run_entries(self, column: str, key_prefix: str) -> pd.DataFrame:
+        """Top-level entries of a run JSON column whose key starts with ``key_prefix``, extracted in SQL.
+
+        Parameters
+        ----------
+        column : {"config", "summary", "wandb_metadata", "system_attrs"}
+            In layout A, ``"config"`` and ``"summary"`` both read ``raw_data``, and the other two have no
+            entries.
+        key_prefix : str
+            Literal prefix, case-sensitive (``_``, ``%`` and ``/`` carry no pattern meaning), e.g.
+            ``"oe_eval_metrics/"``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Long table ``run_id, key, value`` (str), ordered by ``run_id, key``; ``value`` is the JSON text of
+            the value (objects as JSON objects, numbers as their JSON text: parse with ``json.loads``).
+
+        Raises
+        ------
+        SourceError
+            When ``column`` is not one of the four names.
+        """
+        if column not in READ_JSON_COLUMNS:
+            raise SourceError(
+                f"read_run_entries reads one of {list(READ_JSON_COLUMNS)}, not {column!r}; pass one of those names"
+            )
+        schema = self._schema()
+        stored = "raw_data" if schema.layout == "A" and column in _LAYOUT_A_MERGED else column
+        if stored not in schema.runs.c:
+            return pd.DataFrame({name: pd.Series(dtype="str") for name in ("run_id", "key", "value")})
+        return self._read_frame(json_entries(self._url.dialect, schema.runs, stored, key_prefix)).astype("str")
+
+    def iter_history(
+        self, run_ids: Sequence[str] | None, keys: Sequence[str], *, chunk_size: int | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """Stream history rows with only the requested metric keys, extracted in SQL.
+
+        Parameters
+        ----------
+        run_ids : sequence of str or None
+            Runs to read (any number: bound as one parameter); None reads every run.
+        keys : sequence of str
+            Metric keys, e.g. ``["train_loss", "rewards/accuracy"]``; a key absent from a row reads as NaN.
+        chunk_size : int, optional
+            Rows per yielded frame (default: the store's ``chunk_size``). PostgreSQL streams through a
+            server-side cursor, so memory stays bounded by the chunk size.
+
+        Yields
+        ------
+        pandas.DataFrame
+            Rows ordered by ``run_id, step``, columns ``run_id`` (str), ``step`` (int64), ``timestamp``,
+            ``runtime`` (float64 seconds; NaN in layout A, which has no runtime column), then one float64
+            column per key. ``timestamp`` is float64 epoch seconds when stored as a number or a zoned
+            timestamp; layout A stores the downloading machine's naive local time, which has no known zone and
+            comes back as stored, as naive datetime64[ns]. Metric values are read with ``pd.to_numeric``:
+            ``"NaN"`` is NaN; any other non-numeric value (text, JSON objects, booleans on PostgreSQL) becomes
+            NaN and is counted in ``frame.attrs["coercion_failures"]`` (``{key: count}``, this chunk).
+
+        Raises
+        ------
+        SourceError
+            When ``run_ids`` is a single string, a key is empty or names a fixed column, the store has no
+            history table, or a stored row has no step.
+        """
+        query = self._history_query(run_ids, keys)
+        return self._stream(query, _positive(self.chunk_size if chunk_size is None else chunk_size))
+
+    def read_history(self, run_ids: Sequence[str] | None, keys: Sequence[str]) -> pd.DataFrame:
+        """All history rows of ``run_ids`` with the requested keys, as one frame.
+
+        Same arguments and columns as :meth:`iter_history`; ``attrs["coercion_failures"]`` sums all chunks. An
+        empty frame with these columns is returned when nothing matches.
+        """
+        query = self._history_query(run_ids, keys)
+        frames = list(self._stream(query, self.chunk_size))
+        if not frames:
+            return _history_frame([], query)
+        history = pd.concat(frames, ignore_index=True)
+        history.attrs[COERCION_FAILURES] = {
+            key: sum(frame.attrs[COERCION_FAILURES][key] for frame in frames) for key in query.keys
+        }
+        return history
+
+    def stats(self) -> dict[str, Any]:
+        """What changes when the store's content changes, for cache fingerprints.
+
+        Returns
+        -------
+        dict
+            ``{"url": <redacted url>, "layout": "A"|"B", "wandb_runs": {"rows", "latest_created_at",
+            "content_digest"}, "wandb_history": {"rows", "max_id", "latest_timestamp"} or None}``.
+            ``content_digest`` hashes each run's id, state and JSON text lengths, so a re-downloaded run (new
+            state, evals added to its summary) changes it. Values are JSON-serializable; no password appears.
+        """
+        schema = self._schema()
+        runs, history = schema.runs, schema.history
+        content = [name for name in ("raw_data", "config", "summary", "system_attrs") if name in runs.c]
+        with self._connect() as connection:
+            run_count, latest_created = connection.execute(
+                sa.select(sa.func.count(), sa.func.max(runs.c.created_at, type_=sa.String))
+            ).one()
+            fingerprint = connection.execute(
+                sa.select(
+                    runs.c.run_id,
+                    runs.c.state,
+                    *(sa.func.length(sa.cast(runs.c[name], sa.Text)) for name in content),
+                ).order_by(runs.c.run_id)
+            ).all()
+            history_stats = None
+            if history is not None:
+                history_count, max_id, latest_timestamp = connection.execute(
+                    sa.select(sa.func.count(), sa.func.max(history.c.id), sa.func.max(_timestamp_column(history)[0]))
+                ).one()
+                history_stats = {"rows": history_count, "max_id": max_id, "latest_timestamp": _plain(latest_timestamp)}
+        row_hashes = pd.util.hash_pandas_object(pd.DataFrame(fingerprint, dtype=object), index=False)
+        return {
+            "url": self.url_redacted,
+            "layout": schema.layout,
+            "wandb_runs": {
+                "rows": run_count,
+                "latest_created_at": _plain(latest_created),
+                "content_digest": hashlib.sha256(row_hashes.to_numpy().tobytes()).hexdigest(),
+            },
+            "wandb_history": history_stats,
+        }
+
+    # ----------------------------------------------------------------------------------------------- internals
+
+    @contextmanager
+    def _connect(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """A connection (in a transaction when ``write``); driver errors become password-free SourceErrors."""
+        try:
+            connection = self._engine.connect()
+        except sa.exc.DBAPIError as error:
+            raise SourceError(self._unreachable(error)) from None
+        with connection, translated_errors(self._url):
+            if write:
+                with connection.begin():
+                    yield connection
+            else:
+                yield connection
+
+    def _unreachable(self, error: sa.exc.DBAPIError) -> str:
+        reason = self._url.scrub(driver_message(error))
+        if self._url.dialect == "sqlite":
+            return f"cannot open the SQLite W&B store at {self.url_redacted} ({reason}); check the path and its folder"
+        return (
+            f"cannot connect to the W&B store at {self.url_redacted} ({reason}); is PostgreSQL running? check the URL"
+        )
+
+    def _schema(self) -> _Schema:
+        if self._schema_cache is None:
+            self._schema_cache = self._reflect()
+        return self._schema_cache
+
+    def _reflect(self) -> _Schema:
+        with self._connect() as connection:
+            names = set(sa.inspect(connection).get_table_names())
+            if "wandb_runs" not in names:
+                raise SourceError(
+                    f"no wandb_runs table in {self.url_redacted}; create it with WandBStore.create_tables() or "
+                    "point to a W&B store"
+                )
+            metadata = sa.MetaData()
+            runs = sa.Table("wandb_runs", metadata, autoload_with=connection)
+            history = (
+                sa.Table("wandb_history", metadata, autoload_with=connection) if "wandb_history" in names else None
+            )
+        if "raw_data" in runs.c:
+            return _Schema("A", runs, history)
+        if "config" in runs.c:
+            return _Schema("B", runs, history)
+        raise SourceError(
+            f"unknown W&B store layout in {self.url_redacted}: wandb_runs has columns {sorted(runs.c.keys())}; "
+            "expected layout A (a raw_data JSON column) or layout B (config, summary, wandb_metadata, system_metrics, "
+            "system_attrs, sweep_info JSON columns) — point to a W&B store or use another database"
+        )
+
+    def _writable(self, *, require_history: bool) -> _Schema:
+        schema = self._schema()
+        if schema.layout != "B":
+            raise SourceError(
+                f"{self.url_redacted} holds layout-{schema.layout} W&B tables; ddxr writes layout B only and one "
+                "database cannot hold both layouts — write to another database"
+            )
+        if require_history and schema.history is None:
+            raise SourceError(self._no_history())
+        return schema
+
+    def _require_columns(self, table: sa.Table, names: Sequence[str]) -> None:
+        missing = [name for name in names if name not in table.c]
+        if missing:
+            raise SourceError(
+                f"{table.name} in {self.url_redacted} lacks columns {missing} (found {sorted(table.c.keys())}); "
+                "point to a store written by a W&B downloader or WandBStore"
+            )
+
+    def _no_history(self) -> str:
+        return f"no wandb_history table in {self.url_redacted}; create it with WandBStore.create_tables()"
+
+    def _history_query(self, run_ids: Sequence[str] | None, keys: Sequence[str]) -> _HistoryQuery:
+        """The history SELECT for ``run_ids`` and ``keys`` (checked, duplicates dropped)."""
+        keys = list(dict.fromkeys(keys))
+        _check_keys(keys)
+        if isinstance(run_ids, str):
+            raise SourceError(f"run_ids must be a sequence of run ids, not the string {run_ids!r}; wrap it in a list")
+        history = self._schema().history
+        if history is None:
+            raise SourceError(self._no_history())
+        self._require_columns(history, ("id", *HISTORY_COLUMNS[:3], "metrics"))
+        timestamp, timestamp_kind = _timestamp_column(history)
+        runtime = history.c.runtime if "runtime" in history.c else sa.null()
+        statement = sa.select(
+            history.c.run_id,
+            history.c.step,
+            timestamp.label("timestamp"),
+            runtime.label("runtime"),
+            *(
+                json_member(self._url.dialect, history.c.metrics, key).label(f"metric_{i}")
+                for i, key in enumerate(keys)
+            ),
+        ).order_by(history.c.run_id, history.c.step, history.c.id)
+        if run_ids is not None:
+            statement = statement.where(any_of(self._url.dialect, history.c.run_id, list(map(str, run_ids))))
+        return _HistoryQuery(statement, keys, timestamp_kind)
+
+    def _read_frame(self, statement: sa.Select) -> pd.DataFrame:
+        """All rows of ``statement`` (columns named by its labels), as object columns."""
+        names = list(statement.selected_columns.keys())
+        with self._connect() as connection:
+            chunks = [
+                pd.DataFrame.from_records(rows, columns=names).astype(object)
+                for rows in stream_rows(connection, statement, self.chunk_size)
+            ]
+        return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=names, dtype=object)
+
+    def _stream(self, query: _HistoryQuery, chunk_size: int) -> Iterator[pd.DataFrame]:
+        with self._connect() as connection:
+            for rows in stream_rows(connection, query.statement, chunk_size):
+                yield _history_frame(rows, query)
+
+
+# --------------------------------------------------------------------------------------------------- write helpers
+
+
+def _positive(chunk_size: int) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise SourceError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _check_columns(frame: pd.DataFrame, required: Sequence[str], optional: Sequence[str], what: str) -> None:
+    missing = [name for name in required if name not in frame.columns]
+    unknown = [name for name in frame.columns if name not in (*required, *optional)]
+    if missing or unknown:
+        raise SourceError(
+            f"{what} frame: missing columns {missing}, unknown columns {unknown}; expected {list(required)} and "
+            f"optionally {list(optional)}" + (" (tags go in system_attrs['tags'])" if "tags" in unknown else "")
+        )
+
+
+def _run_id_column(values: pd.Series, what: str) -> pd.Series:
+    """``values`` as str, refusing missing or empty run ids (they would be unreachable by id)."""
+    run_ids = values.astype("str")
+    empty = run_ids.isna() | (run_ids.str.len() == 0)
+    if empty.any():
+        raise SourceError(
+            f"{what} frame: {int(empty.sum())} rows have no run_id (first at row {int(np.flatnonzero(empty)[0])}); "
+            "every row needs its W&B run id"
+        )
+    return run_ids
+
+
+def _run_rows(runs: pd.DataFrame) -> pa.Table:
+    """Validated runs as an Arrow table of the ``wandb_runs`` columns, JSON columns as JSON text."""
+    _check_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"), RUN_JSON_COLUMNS, "runs")
+    run_ids = _run_id_column(runs["run_id"], "runs")
+    duplicated = run_ids[run_ids.duplicated()].unique().tolist()
+    if duplicated:
+        raise SourceError(f"runs frame: run_id must be unique, found duplicates {duplicated[:5]}; keep one row per run")
+    try:
+        created_at = pd.to_datetime(runs["created_at"], utc=True, format="ISO8601")
+    except (ValueError, TypeError) as error:
+        raise SourceError(
+            f"runs frame: column 'created_at' must hold datetimes or ISO text such as 2025-08-19T05:36:01Z ({error})"
+        ) from None
+    columns = {name: pa.array(runs[name].astype("str"), pa.string(), from_pandas=True) for name in RUN_TEXT_COLUMNS}
+    columns["created_at"] = pa.array(created_at.dt.tz_convert(None), pa.timestamp("us"), from_pandas=True)
+    for name in RUN_JSON_COLUMNS:
+        cells = runs[name] if name in runs.columns else pd.Series(None, index=runs.index, dtype=object)
+        columns[name] = pa.array(_json_texts(cells, run_ids, name), pa.string())
+    return pa.table(columns)
+
+
+def _json_texts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
+    """Each dict as JSON text; None/NaN as ``{}``."""
+    missing = cells.map(lambda cell: cell is None or (isinstance(cell, float) and math.isnan(cell)))
+    not_dict = ~missing & ~cells.map(lambda cell: isinstance(cell, dict))
+    if not_dict.any():
+        first = cells[not_dict].iloc[0]
+        raise SourceError(
+            f"runs frame: column {column!r} of run {run_ids[not_dict].iloc[0]!r} holds a {type(first).__name__}, "
+            "expected a dict (or None for {}); json.loads JSON text before store_runs"
+        )
+    try:
+        return cells.where(~missing, "{}").map(lambda cell: cell if isinstance(cell, str) else _json_dumps(cell))
+    except TypeError as error:
+        raise SourceError(
+            f"runs frame: column {column!r} holds a value JSON cannot encode ({error}); convert it to str, number, "
+            "list or dict"
+        ) from None
+
+
+def _json_dumps(value: object) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, default=_json_default)
+    except ValueError:  # NaN or ±inf somewhere: JSONB rejects them, W&B writes them as strings
+        return json.dumps(_finite(value), allow_nan=False, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic | np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _finite(value: object) -> object:
+    """``value`` with non-finite floats replaced by ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _history_input(history: pd.DataFrame) -> pd.DataFrame:
+    """Validated history: ``run_id`` str, ``step`` int64, ``timestamp`` and ``runtime`` float64, numeric metrics."""
+    names = list(history.columns)
+    bad_names = [name for name in names if not isinstance(name, str) or "\x00" in name]
+    duplicated = sorted({name for name in names if names.count(name) > 1}, key=str)
+    if bad_names or duplicated or not {"run_id", "step"} <= set(names):
+        raise SourceError(
+            f"history frame: expected columns run_id, step, optional timestamp and runtime, and one column per "
+            f"metric named by a unique string without NUL characters; found columns {names[:20]} (bad names "
+            f"{bad_names[:5]}, duplicated {duplicated[:5]})"
+        )
+    run_ids = _run_id_column(history["run_id"], "history")
+    step = pd.to_numeric(history["step"], errors="coerce")
+    bad_step = step.isna() | (step % 1 != 0)
+    if bad_step.any():
+        raise SourceError(
+            f"history frame: step must be an integer on every row; run {run_ids[bad_step].iloc[0]!r} has "
+            f"{history['step'][bad_step].tolist()[0]!r} — drop or fix those rows"
+        )
+    missing = pd.Series(np.nan, index=history.index)
+    columns = {
+        "run_id": run_ids,
+        "step": step.astype("int64"),
+        "timestamp": _epoch_seconds(history["timestamp"]) if "timestamp" in names else missing,
+        "runtime": _numeric(history["runtime"], "runtime") if "runtime" in names else missing,
+    }
+    metrics = {key: _numeric(history[key], key) for key in names if key not in HISTORY_COLUMNS}
+    return pd.DataFrame({**columns, **metrics}, index=history.index)
+
+
+def _epoch_seconds(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    try:
+        stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as error:
+        raise SourceError(
+            f"history frame: column 'timestamp' must hold epoch seconds, datetimes or ISO text ({error})"
+        ) from None
+    return _epoch_from_utc(stamps)
+
+
+def _epoch_from_utc(stamps: pd.Series) -> pd.Series:
+    """Zoned timestamps as float epoch seconds; whole seconds and fraction are summed once, so that
+    05:39:25.27 gives …965.27 exactly (dividing the nanoseconds as a float rounds twice)."""
+    nanoseconds = stamps.astype("datetime64[ns, UTC]").to_numpy("datetime64[ns]").view("int64")
+    seconds = nanoseconds // 10**9 + (nanoseconds % 10**9) / 1e9
+    return pd.Series(np.where(stamps.isna(), np.nan, seconds), index=stamps.index)
+
+
+def _numeric(values: pd.Series, key: str) -> pd.Series:
+    """A metric column as numbers (booleans as 0/1), or a SourceError naming a non-numeric value."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("Int64")
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna() & ~values.astype("str").str.fullmatch(_NAN_TEXT, case=False)
+    if bad.any():
+        raise SourceError(
+            f"history frame: column {key!r} must be numeric, found {values[bad].iloc[0]!r}; store_history stores "
+            "numbers only — convert or drop that column"
+        )
+    return numbers
+
+
+def _history_rows(chunk: pd.DataFrame, keys: Sequence[str]) -> pa.Table:
+    """A validated history chunk as the Arrow table of ``wandb_history`` columns."""
+    return pa.table(
+        {
+            "run_id": pa.array(chunk["run_id"], pa.string()),
+            "step": pa.array(chunk["step"], pa.int64()),
+            "timestamp": pa.array(chunk["timestamp"], pa.float64(), from_pandas=True),
+            "runtime": pa.array(chunk["runtime"], pa.float64(), from_pandas=True),
+            "metrics": _pack_metrics(chunk, keys),
+        }
+    )
+
+
+def _pack_metrics(chunk: pd.DataFrame, keys: Sequence[str]) -> pa.Array:
+    """One JSON object text per row, built column-wise in Arrow: ``{"key": value, …}`` without the NaN keys.
+
+    Each member is ``,"key":value`` or ``""`` (NaN); the row joins them and drops the leading comma. (Arrow 26's
+    ``null_handling="skip"`` drops rows whose inputs are all null, so nulls are turned into ``""`` first.)
+    """
+    members = [_json_members(key, chunk[key]) for key in keys]  # a loop over metric columns, not rows
+    if not members:
+        return pa.repeat("{}", len(chunk))
+    joined = pc.binary_join_element_wise(*members, "") if len(members) > 1 else members[0]
+    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+
+
+def _json_members(key: str, values: pd.Series) -> pa.Array:
+    numbers = pa.Array.from_pandas(values)  # NaN → null
+    text = pc.cast(numbers, pa.string())  # shortest round-trip form: read back bit-exact
+    if pa.types.is_floating(numbers.type):
+        signed_infinity = pc.if_else(pc.greater(numbers, 0), '"Infinity"', '"-Infinity"')
+        text = pc.if_else(pc.is_inf(numbers), signed_infinity, text)
+    member = pc.binary_join_element_wise("," + json.dumps(key, ensure_ascii=False) + ":", text, "")
+    return member.fill_null("")
+
+
+# ---------------------------------------------------------------------------------------------------- read helpers
+
+
+def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
+    """The read_runs frame from raw SELECT rows."""
+    run_ids = raw["run_id"].astype("str")
+    frame = raw[list(RUN_TEXT_COLUMNS)].astype("str")
+    frame["created_at"] = _utc(raw["created_at"], "wandb_runs.created_at")
+    frame["layout"] = layout
+    if layout == "A":
+        merged = _dicts(raw["raw_data"], run_ids, "raw_data")
+        dicts = {"config": merged, "summary": merged.map(dict), "wandb_metadata": None, "system_attrs": None}
+    else:
+        dicts = {name: _dicts(raw[name], run_ids, name) if name in raw else None for name in READ_JSON_COLUMNS}
+    for name, values in dicts.items():
+        frame[name] = values if values is not None else pd.Series([{} for _ in range(len(raw))], dtype=object)
+    frame["tags"] = _tags(frame["system_attrs"], frame["config"])
+    line_counts = pd.to_numeric(frame["system_attrs"].map(operator.methodcaller("get", "historyLineCount")))
+    frame["history_line_count"] = line_counts.astype("Int64")
+    return frame
+
+
+_MALFORMED = object()
+
+
+def _load_json(cell: object) -> object:
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError:
+            return _MALFORMED
+    if cell is None:
+        return {}
+    return cell if isinstance(cell, dict) else _MALFORMED
+
+
+def _dicts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
+    """JSON cells (text or decoded) as dicts; NULL as ``{}``."""
+    parsed = cells.map(_load_json).astype(object)
+    malformed = parsed.map(lambda cell: cell is _MALFORMED)
+    if malformed.any():
+        raise SourceError(
+            f"wandb_runs.{column} of run {run_ids[malformed].iloc[0]!r} is not a JSON object "
+            f"({int(malformed.sum())} runs); fix or re-download those runs"
+        )
+    return parsed
+
+
+def _tags(system_attrs: pd.Series, config: pd.Series) -> pd.Series:
+    """Tags by DATA_FORMATS §6.7: system_attrs tags (layout B) → config/raw_data ``wandb_tags`` split on ','."""
+    from_attrs = system_attrs.map(operator.methodcaller("get", "tags"))
+    from_config = config.map(operator.methodcaller("get", "wandb_tags"))
+    chosen = from_attrs.where(from_attrs.map(lambda tags: isinstance(tags, list)), from_config)
+    return chosen.map(_tag_list).astype(object)
+
+
+def _tag_list(tags: object) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        return []
+    return [text for text in (str(tag).strip() for tag in tags) if text]
+
+
+def _utc(values: pd.Series, where: str) -> pd.Series:
+    try:
+        return pd.to_datetime(values, utc=True, format="ISO8601").astype("datetime64[ns, UTC]")
+    except (ValueError, TypeError) as error:
+        raise SourceError(f"{where} holds a value that is not a date ({error}); fix the stored value") from None
+
+
+def _check_keys(keys: Sequence[str]) -> None:
+    if isinstance(keys, str):
+        raise SourceError(f"keys must be a sequence of metric keys, not the string {keys!r}; wrap it in a list")
+    bad = [key for key in keys if not isinstance(key, str) or not key or key in HISTORY_COLUMNS]
+    if bad:
+        raise SourceError(
+            f"history keys must be non-empty strings other than {list(HISTORY_COLUMNS)}, found {bad[:5]}; those "
+            "columns are always returned"
+        )
+
+
+def _timestamp_column(history: sa.Table) -> tuple[sa.ColumnElement, str]:
+    """The history timestamp as selected, and its kind: ``"epoch"`` (a number), ``"aware"`` (a zoned timestamp) or
+    ``"naive"`` (anything else, read as a date; selected as text to skip SQLAlchemy's strict SQLite date parser)."""
+    column = history.c.timestamp
+    if isinstance(column.type, sa.Float | sa.Numeric | sa.Integer):
+        return column, "epoch"
+    kind = "aware" if isinstance(column.type, sa.DateTime) and column.type.timezone else "naive"
+    return sa.type_coerce(column, sa.String), kind
+
+
+def _history_frame(rows: Sequence[Sequence[object]], query: _HistoryQuery) -> pd.DataFrame:
+    """One chunk of SELECT rows as the documented history frame, with its coercion counts in ``attrs``."""
+    labels = [f"metric_{i}" for i in range(len(query.keys))]
+    raw = pd.DataFrame.from_records(rows, columns=[*HISTORY_COLUMNS, *labels])
+    step = pd.to_numeric(raw["step"])
+    if step.isna().any():
+        raise SourceError(
+            f"wandb_history has rows without a step (run {raw['run_id'][step.isna()].iloc[0]!r}); fix or "
+            "re-download that run's history"
+        )
+    columns = {
+        "run_id": raw["run_id"].astype("str"),
+        "step": step.astype("int64"),
+        "timestamp": _timestamps(raw["timestamp"], query.timestamp_kind),
+        "runtime": pd.to_numeric(raw["runtime"]).astype("float64"),
+    }
+    failures = {}
+    for key, label in zip(query.keys, labels, strict=True):  # a loop over requested keys, not rows
+        columns[key], failures[key] = _coerce(raw[label])
+    frame = pd.DataFrame(columns)
+    frame.attrs[COERCION_FAILURES] = failures
+    return frame
+
+
+def _timestamps(values: pd.Series, kind: str) -> pd.Series:
+    if kind == "epoch":
+        return pd.to_numeric(values).astype("float64")
+    if kind == "aware":
+        return _epoch_from_utc(_utc(values, "wandb_history.timestamp"))
+    return pd.to_datetime(values, format="ISO8601").astype("datetime64[ns]")
+
+
+def _coerce(values: pd.Series) -> tuple[np.ndarray, int]:
+    """Metric values as float64 and the number of non-numeric values turned into NaN."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    failed = numbers.isna() & values.notna()
+    if failed.any():
+        failed[failed] = ~values[failed].astype("str").str.fullmatch(_NAN_TEXT, case=False).to_numpy(dtype=bool)
+    return numbers.to_numpy(dtype="float64", na_value=np.nan), int(failed.sum())
+
+
+def _plain(value: object) -> object:
+    """A SQL scalar as a JSON-serializable value (datetimes as ISO text)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
