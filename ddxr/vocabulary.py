@@ -224,3 +224,5 @@ OLMES_9_AVERAGE = "olmes_9_average"
 
 #: Learning-rate sentinel of pretraining-only lineages (an index level must never hold NaN).
 PRETRAINING_LEARNING_RATE = 0.0
+#: Learning-rate sentinel of post-training lineages whose hyperparameter no source records (counted in the report).
+UNKNOWN_LEARNING_RATE = -1.0

@@ -1,0 +1,310 @@
+"""DataDecideNext: the single entry point, with the seed's names (component_architecture.md).
+
+It reads both sources, hands them to the three managers, assembles the Dataset and caches it under a fingerprint of
+the sources and build options, so a second call opens the shared file instead of rebuilding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ddxr import __version__
+from ddxr.assemble import assemble_curves, assemble_runs
+from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint
+from ddxr.errors import SelectionError
+from ddxr.frames import to_frame
+from ddxr.index import select
+from ddxr.managers.evaluations import EvaluationManager
+from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
+from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
+from ddxr.sources.wandb_store import WandBStore
+from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR
+
+#: Columns of the runs table carried into the runs Dataset besides the links.
+_RUN_FACTS = ("n_history_rows", "duplicate_steps", "tokens_repaired", "loss_summed", "tokens_estimated", "last_step")
+_KEYS = ["params", "data", "seed", "step"]
+
+
+class DataDecideNext:
+    """DataDecide pretraining and W&B post-training runs as one Dataset.
+
+    Parameters
+    ----------
+    data_dir : str, path or datadec.DataDecide
+        DataDecide evaluations: a datadec data folder (``datadecide/full_eval.parquet`` or the raw Hugging Face
+        exports), a parquet file, or an object with a ``full_eval`` DataFrame.
+    db_connection : str
+        URL of the W&B store, e.g. ``postgresql://localhost/wandb`` or ``sqlite:///runs.db``.
+    cache_dir : str or path, default "cache"
+        Where built datasets are kept, one file per fingerprint of sources and options.
+    metrics : {"core", "all"} or list of str, default "core"
+        Metric variables to include.
+    pretraining_seeds : {"base", "mean"}, default "base"
+        Pretraining prefix of post-training lineages: the base's own seed or the mean over seeds.
+    dpo_tokens_per_pair : float, default 779
+        Tokens per preference pair for the DPO token estimate.
+    progress : bool, default True
+        Show progress bars while building.
+
+    Examples
+    --------
+    >>> dd = DataDecideNext("./data", "postgresql://localhost/wandb")  # doctest: +SKIP
+    >>> ds = dd.dataset()  # doctest: +SKIP
+    >>> ds.sel(params="150M", learning_rate=[1e-5, 1e-4])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | object,
+        db_connection: str,
+        cache_dir: str | os.PathLike = "cache",
+        *,
+        metrics: str | Sequence[str] = "core",
+        pretraining_seeds: PretrainingSeeds = "base",
+        dpo_tokens_per_pair: float = DPO_TOKENS_PER_PAIR,
+        progress: bool = True,
+    ) -> None:
+        self.pretraining_source = PretrainingSource(data_dir)
+        self.wandb = WandBStore(db_connection)
+        self.cache_dir = Path(cache_dir)
+        self.metrics = metrics if isinstance(metrics, str) else list(metrics)
+        self.pretraining_seeds = pretraining_seeds
+        self.dpo_tokens_per_pair = float(dpo_tokens_per_pair)
+        self.progress = progress
+        self.evaluations = EvaluationManager(metrics)
+
+    # ------------------------------------------------------------------ sources and managers
+    @cached_property
+    def pretraining(self) -> PretrainingEvals:
+        """The DataDecide evaluations as read (table and counted skips)."""
+        return self.pretraining_source.read()
+
+    @cached_property
+    def relationships(self) -> RunRelationshipManager:
+        """Links of every post-training run to its base checkpoint and parent."""
+        return RunRelationshipManager(self.wandb.read_runs(), self.pretraining.table)
+
+    @cached_property
+    def _posttraining_evaluations(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        entries = self.wandb.read_run_entries("summary", "oe_eval_metrics/")
+        return self.evaluations.posttraining_evaluations(entries)
+
+    @cached_property
+    def _pretraining_metrics(self) -> pd.DataFrame:
+        table = self.pretraining.table
+        standardized = self.evaluations.pretraining_evaluations(table)
+        schedule = [name for name in ("tokens", "compute", "lr_at_step") if name in table]
+        extra = [name for name in schedule if name not in standardized]
+        return standardized.merge(table[_KEYS + extra], on=_KEYS, how="left", validate="one_to_one")
+
+    @cached_property
+    def training(self) -> TrainingProgressionManager:
+        """Curves of both phases, cleaned and aligned on cumulative tokens."""
+        links = self.relationships.links
+        linked = links.loc[links["link_status"] == "linked", "run_id"].tolist()
+        history = self._read_history(linked)
+        evaluated = set(self._posttraining_evaluations[0].index)
+        return TrainingProgressionManager(
+            self._pretraining_metrics,
+            history,
+            self.relationships,
+            evaluated_runs=evaluated,
+            pretraining_seeds=self.pretraining_seeds,
+            dpo_tokens_per_pair=self.dpo_tokens_per_pair,
+        )
+
+    def _read_history(self, run_ids: list[str]) -> pd.DataFrame:
+        chunks = self.wandb.iter_history(run_ids, HISTORY_KEYS)
+        bar = tqdm(chunks, desc="history chunks", unit="chunk", disable=not self.progress, leave=False)
+        frames = list(bar)
+        if frames:
+            return pd.concat(frames, ignore_index=True)
+        return self.wandb.read_history([], HISTORY_KEYS)
+
+    # ------------------------------------------------------------------ build and cache
+    def options(self) -> dict:
+        """Build options that change the Dataset (part of the fingerprint)."""
+        return {
+            "metrics": self.metrics,
+            "pretraining_seeds": self.pretraining_seeds,
+            "dpo_tokens_per_pair": self.dpo_tokens_per_pair,
+        }
+
+    def sources(self) -> dict:
+        """Where the data came from, with any password redacted."""
+        return {"datadecide": self.pretraining.source, "wandb_store": self.wandb.url_redacted}
+
+    def fingerprint(self) -> str:
+        """Digest of the DataDecide files, the store's row counts and timestamps, the options and schema version."""
+        return fingerprint(
+            {
+                "datadecide": self.pretraining_source.file_stats(),
+                "wandb_store": self.wandb.stats(),
+                "options": self.options(),
+                "schema_version": SCHEMA_VERSION,
+            }
+        )
+
+    def cache_path(self) -> Path:
+        """File the dataset of the current sources is cached in."""
+        return self.cache_dir / f"ddxr-{self.fingerprint()}.nc"
+
+    def build(self) -> tuple[xr.Dataset, xr.Dataset]:
+        """Build the curves and runs Datasets from the sources, bypassing the cache."""
+        self._current_cache_path()
+        stages = tqdm(total=5, desc="ddxr build", unit="stage", disable=not self.progress)
+        for label, stage in (
+            ("read DataDecide", lambda: self.pretraining),
+            ("link runs", lambda: self.relationships),
+            ("read evaluations", lambda: self._posttraining_evaluations),
+            ("read history", lambda: self.training),
+            ("lay out points", lambda: self.training.points()),
+        ):
+            stages.set_postfix_str(label)
+            stage()
+            stages.update()
+        stages.close()
+        post_metrics, _ = self._posttraining_evaluations
+        available = [*self._pretraining_metrics.columns, *post_metrics.columns, "train_loss", "lr_at_step"]
+        curves = assemble_curves(
+            self.training.points(),
+            self.training.metric_table,
+            post_metrics,
+            self.evaluations.variables(available),
+            self.evaluations.variable_attrs,
+            attrs=self._provenance(),
+        )
+        return curves, assemble_runs(self.runs_table())
+
+    def runs_table(self) -> pd.DataFrame:
+        """One row per W&B run: links, hyperparameters, state and what the build did with it."""
+        links = self.relationships.links.drop(columns=["config", "summary"], errors="ignore")
+        facts = self.training.run_facts.reindex(columns=list(_RUN_FACTS))
+        table = links.merge(facts, left_on="run_id", right_index=True, how="left")
+        skipped = pd.Series(self.training.report.skipped_runs, dtype="str")
+        table["skip_reason"] = np.where(table["run_id"].isin(skipped.index), table["run_id"].map(skipped), "")
+        table["in_curves"] = (table["link_status"] == "linked") & (table["skip_reason"] == "")
+        return table
+
+    def build_report(self) -> dict:
+        """What the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
+        links = self.relationships.links
+        _, eval_issues = self._posttraining_evaluations
+        eval_skips = eval_issues[eval_issues["skipped"]]
+        unlinked = links.loc[links["link_status"] != "linked", "link_reason"]
+        return {
+            "pretraining": {
+                "rows": len(self.pretraining.table),
+                "skipped_cells": len(self.pretraining.skipped),
+                "skipped_by_reason": _counts(self.pretraining.skipped.get("reason")),
+            },
+            "runs_read": len(links),
+            "runs_by_type": _counts(links["run_type"]),
+            "runs_by_state": _counts(links["state"]),
+            "runs_linked": int((links["link_status"] == "linked").sum()),
+            "runs_unlinked": len(unlinked),
+            "unlinked_by_reason": _counts(unlinked),
+            "runs_with_conflicting_sources": int((links["conflicts"] != "").sum()),
+            "evaluations_skipped": len(eval_skips),
+            "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
+            "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
+            "progression": self.training.report.as_dict(),
+            "runs_skipped": len(self.training.report.skipped_runs),
+            "skipped_by_reason": _counts(pd.Series(self.training.report.skipped_runs, dtype=object)),
+        }
+
+    def _provenance(self) -> dict:
+        return {
+            "ddxr_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sources": json.dumps(self.sources()),
+            "fingerprint": self.fingerprint(),
+            "build_options": json.dumps(self.options()),
+            "build_report": json.dumps(self.build_report()),
+        }
+
+    def _current_cache_path(self) -> Path:
+        """Cache file of the sources as they are now; managers read from older sources are dropped first."""
+        path = self.cache_path()
+        if self.__dict__.get("_read_for") not in (None, path):
+            for name in (
+                "pretraining",
+                "relationships",
+                "_posttraining_evaluations",
+                "_pretraining_metrics",
+                "training",
+            ):
+                self.__dict__.pop(name, None)
+        self._read_for = path
+        return path
+
+    def dataset(self, refresh: bool = False) -> xr.Dataset:
+        """The curves Dataset: opened from the cache when the sources are unchanged, else built and cached.
+
+        Parameters
+        ----------
+        refresh : bool, default False
+            Rebuild even if a fresh cache file exists.
+        """
+        curves, _ = cached_build(self._current_cache_path(), self.build, refresh=refresh)
+        return curves
+
+    def runs(self, refresh: bool = False) -> xr.Dataset:
+        """The runs Dataset (dim ``run``), from the same cache file as :meth:`dataset`."""
+        _, runs = cached_build(self._current_cache_path(), self.build, refresh=refresh)
+        return runs
+
+    # ------------------------------------------------------------------ research interface
+    def get_scaling_curves(self, include_posttraining: bool = True) -> pd.DataFrame:
+        """Long frame of every lineage over cumulative tokens; pretraining-only unless ``include_posttraining``."""
+        ds = self.dataset()
+        if not include_posttraining:
+            ds = select(ds, run_type="pretraining", learning_rate=0.0)
+        return to_frame(ds)
+
+    def get_sweep_analysis(
+        self,
+        base_params: str,
+        base_data: str,
+        posttraining_method: str = "supervised_ft",
+        learning_rates: Sequence[float] | None = None,
+    ) -> xr.Dataset:
+        """Lineages of one base (params, data) whose leaf is a ``posttraining_method`` run, one per learning rate.
+
+        Returns the selected points; ``np.unique(sweep["lineage"])`` are the leaf run ids for
+        :meth:`get_continuous_curves`.
+        """
+        labels: dict = {"params": base_params, "data": base_data}
+        if learning_rates is not None:
+            labels["learning_rate"] = list(learning_rates)
+        ds = select(self.dataset(), **labels)
+        leaves = np.unique(ds["run_id"].to_numpy()[ds["run_type"].to_numpy() == posttraining_method])
+        if leaves.size == 0:
+            raise SelectionError(
+                f"no {posttraining_method} runs on {base_params}/{base_data} with learning rates {learning_rates}; "
+                "see `ddxr info` for the runs and learning rates available"
+            )
+        return select(ds, lineage=list(leaves))
+
+    def get_continuous_curves(self, run_ids: Sequence[str], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+        """Long frame of the lineages ending in ``run_ids``: pretraining base, then post-training, one row per point."""
+        return to_frame(select(self.dataset(), lineage=list(run_ids)), metrics=metrics)
+
+
+def _counts(values: pd.Series | None) -> dict[str, int]:
+    if values is None or len(values) == 0:
+        return {}
+    return {str(key): int(count) for key, count in Counter(values.astype(str)).most_common()}

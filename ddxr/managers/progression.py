@@ -1,0 +1,426 @@
+"""TrainingProgressionManager: pretraining and post-training curves on one token axis.
+
+Pretraining curves are the sparse DataDecide checkpoints; post-training curves are the dense W&B history. This module
+cleans the history (duplicate steps, ``total_tokens`` restarts, summed losses), estimates tokens where a run logs none
+(DPO, runs without history) and lays every lineage out as points: the base's checkpoints up to the base step, then
+each run of the chain offset by the tokens the model had already seen (DATA_FORMATS.md §7, §8).
+
+Everything works on whole tables (group, merge, cumulative sums); nothing loops over runs or rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from ddxr.errors import LinkError
+from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR
+from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES, SIZES, UNKNOWN_LEARNING_RATE
+
+#: History keys read from the store: loss, scheduled LR, the SFT token counter and the DPO step counter.
+HISTORY_KEYS = ("train_loss", "learning_rate", "total_tokens", "training_step")
+#: A run whose median logged loss exceeds this summed its loss over tokens (``reduce_loss=sum``, §8.3).
+SUMMED_LOSS_THRESHOLD = 100.0
+
+PretrainingSeeds = Literal["base", "mean"]
+
+#: Columns of the point table every lineage is laid out in.
+POINT_COLUMNS = [
+    "lineage",
+    "run_id",
+    "run_type",
+    "params",
+    "data",
+    "seed",
+    "step",
+    "learning_rate",
+    "pretraining_phase",
+    "cumulative_tokens",
+    "cumulative_compute",
+    "tokens_estimated",
+    "train_loss",
+    "lr_at_step",
+    "pretraining_row",
+    "eval_run",
+]
+
+
+def pretraining_lineage_id(params: pd.Series, data: pd.Series, seed: pd.Series | str) -> pd.Series:
+    """Lineage id of pretraining runs: ``{params}/{slug}/seed{seed}``.
+
+    The recipe's HF slug stands in for its display name because three display names contain ``/``.
+    """
+    slug = data.map(RECIPES["slug"])
+    suffix = seed if isinstance(seed, str) else "seed" + seed.astype("int64").astype(str)
+    return params.astype(str) + "/" + slug + "/" + suffix
+
+
+def _size_column(params: pd.Series, column: str) -> np.ndarray:
+    return params.map(SIZES[column].astype("float64")).to_numpy(np.float64)
+
+
+@dataclass
+class ProgressionReport:
+    """Counts of what the progression repaired, estimated or skipped, with reasons."""
+
+    duplicate_history_rows: int = 0
+    runs_with_duplicate_steps: int = 0
+    runs_tokens_repaired: int = 0
+    runs_loss_summed: int = 0
+    runs_tokens_estimated: int = 0
+    runs_without_history: int = 0
+    base_checkpoints_missing: int = 0
+    lineages_learning_rate_unknown: int = 0
+    skipped_runs: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """The report as plain JSON-able data."""
+        return {
+            "duplicate_history_rows": self.duplicate_history_rows,
+            "runs_with_duplicate_steps": self.runs_with_duplicate_steps,
+            "runs_tokens_repaired": self.runs_tokens_repaired,
+            "runs_loss_summed": self.runs_loss_summed,
+            "runs_tokens_estimated": self.runs_tokens_estimated,
+            "runs_without_history": self.runs_without_history,
+            "base_checkpoints_missing": self.base_checkpoints_missing,
+            "lineages_learning_rate_unknown": self.lineages_learning_rate_unknown,
+            "skipped_runs": dict(sorted(self.skipped_runs.items())),
+        }
+
+
+class TrainingProgressionManager:
+    """Temporal training sequences of both phases, aligned on cumulative tokens.
+
+    Parameters
+    ----------
+    pretraining : pandas.DataFrame
+        The DataDecide table of :func:`ddxr.sources.datadecide.read_datadecide` (one row per params, data, seed,
+        step with ``tokens``, ``compute`` and optionally ``lr_at_step``).
+    history : pandas.DataFrame
+        Post-training history of the linked runs with :data:`HISTORY_KEYS` (``WandBStore.read_history``).
+    relationships : RunRelationshipManager
+        Links of every post-training run to its base and parent.
+    evaluated_runs : collection of str, optional
+        Runs that have end-of-run evaluations; a run without history gets one estimated point only if it has them.
+    pretraining_seeds : {"base", "mean"}, default "base"
+        Pretraining prefix of a post-training lineage: the checkpoints of its own seed, or the mean over seeds.
+    dpo_tokens_per_pair : float, default 779
+        Tokens per preference pair used to estimate DPO tokens (DATA_FORMATS.md §7, rule a).
+    """
+
+    def __init__(
+        self,
+        pretraining: pd.DataFrame,
+        history: pd.DataFrame,
+        relationships: RunRelationshipManager,
+        *,
+        evaluated_runs: frozenset[str] | set[str] = frozenset(),
+        pretraining_seeds: PretrainingSeeds = "base",
+        dpo_tokens_per_pair: float = DPO_TOKENS_PER_PAIR,
+    ) -> None:
+        if pretraining_seeds not in ("base", "mean"):
+            raise ValueError(f"pretraining_seeds must be 'base' or 'mean', got {pretraining_seeds!r}")
+        self.pretraining = pretraining.reset_index(drop=True)
+        self.relationships = relationships
+        self.pretraining_seeds = pretraining_seeds
+        self.dpo_tokens_per_pair = float(dpo_tokens_per_pair)
+        self.report = ProgressionReport()
+        linked = relationships.links[relationships.links["link_status"] == "linked"]
+        self._links = linked.set_index("run_id")
+        self._history, self.run_facts = self._clean_history(history, set(evaluated_runs))
+
+    # ------------------------------------------------------------------ post-training history
+    def _clean_history(self, history: pd.DataFrame, evaluated_runs: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        links = self._links
+        history = history[history["run_id"].isin(links.index)].sort_values(["run_id", "step"], kind="stable")
+        # the logged rate is the schedule at that step; the hyperparameter lives in the links
+        history = history.rename(columns={"learning_rate": "lr_at_step"})
+        facts = pd.DataFrame(index=links.index)
+
+        duplicated = history.duplicated(["run_id", "step"], keep="last")
+        facts["duplicate_steps"] = duplicated.groupby(history["run_id"]).sum().reindex(facts.index, fill_value=0)
+        self.report.duplicate_history_rows = int(duplicated.sum())
+        self.report.runs_with_duplicate_steps = int((facts["duplicate_steps"] > 0).sum())
+        history = history[~duplicated].reset_index(drop=True)
+
+        run_type = history["run_id"].map(links["run_type"])
+        history = history.assign(run_tokens=self._repaired_tokens(history, facts))
+        history = self._drop_summed_losses(history, facts)
+        history, estimated = self._estimate_missing_tokens(history, run_type)
+        facts["n_history_rows"] = history.groupby("run_id").size().reindex(facts.index, fill_value=0)
+        facts["tokens_estimated"] = estimated.reindex(facts.index, fill_value=False)
+
+        single_points = self._points_without_history(facts, evaluated_runs)
+        history = pd.concat([history, single_points], ignore_index=True)
+        facts["tokens_estimated"] |= facts.index.isin(single_points["run_id"])
+        facts["last_step"] = history.groupby("run_id")["step"].max().reindex(facts.index)
+        facts["final_run_tokens"] = history.groupby("run_id")["run_tokens"].max().reindex(facts.index)
+        self.report.runs_tokens_estimated = int(facts["tokens_estimated"].sum())
+        return history, facts
+
+    def _repaired_tokens(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.Series:
+        """``total_tokens`` with restarts on resume repaired (§8.10).
+
+        After a drop, the segment is shifted so that its first row equals the previous row plus the run's median
+        increment; the shifts accumulate over several restarts through a grouped cumulative sum.
+        """
+        tokens = history["total_tokens"].astype("float64")
+        by_run = history["run_id"]
+        previous = tokens.groupby(by_run).shift()
+        increment = tokens - previous
+        median_increment = increment.where(increment > 0).groupby(by_run).transform("median").fillna(0.0)
+        restart = increment < 0
+        shift = (previous + median_increment - tokens).where(restart, 0.0)
+        facts["tokens_repaired"] = restart.groupby(by_run).any().reindex(facts.index, fill_value=False)
+        self.report.runs_tokens_repaired = int(facts["tokens_repaired"].sum())
+        return tokens + shift.groupby(by_run).cumsum()
+
+    def _drop_summed_losses(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
+        """Keep losses summed over tokens (``reduce_loss=sum`` runs, median above the threshold) out of train_loss."""
+        median_loss = history.groupby("run_id")["train_loss"].median()
+        summed = median_loss[median_loss > SUMMED_LOSS_THRESHOLD].index
+        facts["loss_summed"] = facts.index.isin(summed)
+        self.report.runs_loss_summed = int(facts["loss_summed"].sum())
+        return history.assign(train_loss=history["train_loss"].where(~history["run_id"].isin(summed)))
+
+    def _estimate_missing_tokens(self, history: pd.DataFrame, run_type: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+        """Tokens for rows without a counter: DPO by pairs × batch × tokens per pair, SFT by budget × progress."""
+        links = self._links
+        missing = history["run_tokens"].isna()
+        by_run = history["run_id"]
+        batch = by_run.map(self._effective_batch())
+        dpo_steps = history["training_step"].fillna(history["step"]).astype("float64")
+        dpo_tokens = dpo_steps * batch.fillna(0.0) * self.dpo_tokens_per_pair
+        progress = history["step"] / history.groupby("run_id")["step"].transform("max").clip(lower=1)
+        sft_tokens = progress * by_run.map(links["budget_tokens"])
+        estimate = np.where(run_type == "dpo", dpo_tokens, sft_tokens)
+        history = history.assign(run_tokens=history["run_tokens"].where(~missing, estimate))
+        unresolved = history["run_tokens"].isna().groupby(by_run).any()
+        unresolved = unresolved[unresolved].index
+        self.report.skipped_runs.update(dict.fromkeys(unresolved, "no token counter and no budget to estimate one"))
+        history = history[~by_run.isin(unresolved)]
+        return history, missing.groupby(by_run).any()
+
+    def _effective_batch(self) -> pd.Series:
+        """Sequences per optimizer step; an unknown GPU count takes the store's most common one (§8.11, §8.16)."""
+        links = self._links
+        per_step = links["per_device_train_batch_size"] * links["gradient_accumulation_steps"]
+        typical_gpus = links["gpu_count"].mode()
+        gpus = links["gpu_count"].fillna(typical_gpus.iloc[0] if len(typical_gpus) else 1.0)
+        return links["effective_batch"].fillna(per_step * gpus)
+
+    def _points_without_history(self, facts: pd.DataFrame, evaluated_runs: set[str]) -> pd.DataFrame:
+        """One estimated end-of-run point for evaluated runs that logged no history (§8.11)."""
+        links = self._links
+        silent = facts.index[facts["n_history_rows"] == 0]
+        self.report.runs_without_history = len(silent)
+        candidates = links.loc[silent]
+        sequences = pd.to_numeric(candidates["max_train_samples"], errors="coerce")
+        step = np.ceil(sequences / self._effective_batch().reindex(silent))
+        usable = candidates.index.isin(list(evaluated_runs)) & step.notna() & candidates["budget_tokens"].notna()
+        unusable = silent[~usable]
+        reasons = np.where(unusable.isin(list(evaluated_runs)), "evaluations but", "no evaluations and")
+        self.report.skipped_runs.update(
+            zip(unusable, pd.Series(reasons) + " no history; step or tokens cannot be estimated", strict=True)
+        )
+        return pd.DataFrame(
+            {
+                "run_id": silent[usable],
+                "step": step[usable].astype("int64").to_numpy(),
+                "train_loss": np.nan,
+                "lr_at_step": np.nan,
+                "run_tokens": candidates.loc[usable, "budget_tokens"].to_numpy(np.float64),
+            }
+        )
+
+    # ------------------------------------------------------------------ public curves
+    def get_training_curves(self, run_type: str, run_ids: list[str] | None = None) -> pd.DataFrame:
+        """Curves of one phase, as the sources give them after cleaning.
+
+        Parameters
+        ----------
+        run_type : {"pretraining", "supervised_ft", "dpo"}
+            ``"pretraining"`` returns DataDecide checkpoints (``run_ids`` are pretraining lineage ids
+            ``{params}/{slug}/seed{seed}``); the others return cleaned post-training history with ``run_tokens``.
+        run_ids : list of str, optional
+            Restrict to these runs.
+        """
+        if run_type == "pretraining":
+            table = self.pretraining
+            if run_ids is None:
+                return table
+            ids = pretraining_lineage_id(table["params"], table["data"], table["seed"])
+            return table[ids.isin(run_ids)].reset_index(drop=True)
+        if run_type not in ("supervised_ft", "dpo"):
+            raise ValueError(f"run_type must be 'pretraining', 'supervised_ft' or 'dpo', got {run_type!r}")
+        history = self._history[self._history["run_id"].map(self._links["run_type"]) == run_type]
+        if run_ids is not None:
+            history = history[history["run_id"].isin(run_ids)]
+        return history.reset_index(drop=True)
+
+    def get_continuous_progression(self, run_id: str) -> pd.DataFrame:
+        """Points of the lineage ending in ``run_id``: its base's checkpoints, then each run of its chain."""
+        points = self.points()
+        lineage = points[points["lineage"] == run_id]
+        if lineage.empty:
+            raise LinkError(
+                f"no lineage ends in run {run_id!r}: it is unknown, unlinked or skipped; "
+                "see the build report or RunRelationshipManager.links for the reason"
+            )
+        return lineage.reset_index(drop=True)
+
+    # ------------------------------------------------------------------ points
+    def points(self) -> pd.DataFrame:
+        """Every lineage laid out as points (columns :data:`POINT_COLUMNS`).
+
+        ``pretraining_row`` points into the pretraining table (or the seed-mean table), -1 elsewhere; ``eval_run`` names
+        the run whose end-of-run evaluations sit on that point ("" elsewhere).
+        """
+        if not hasattr(self, "_points"):
+            self._points = pd.concat([self._pretraining_lineages(), *self._posttraining_lineages()], ignore_index=True)[
+                POINT_COLUMNS
+            ]
+        return self._points
+
+    @property
+    def metric_table(self) -> pd.DataFrame:
+        """The table ``pretraining_row`` points into: the pretraining table, then (``"mean"``) its seed means.
+
+        Seed-mean rows carry ``seed = -1``.
+        """
+        if not hasattr(self, "_metric_table"):
+            table = self.pretraining
+            if self.pretraining_seeds == "mean":
+                grouped = table.drop(columns=["seed"]).groupby(["params", "data", "step"], sort=False)
+                seed_mean = grouped.mean(numeric_only=True).reset_index().assign(seed=-1)
+                table = pd.concat([table, seed_mean[table.columns]], ignore_index=True)
+            self._metric_table = table
+        return self._metric_table
+
+    def _pretraining_lineages(self) -> pd.DataFrame:
+        table = self.pretraining
+        lineage = pretraining_lineage_id(table["params"], table["data"], table["seed"])
+        return self._pretraining_points(table, lineage, lineage, PRETRAINING_LEARNING_RATE, self.pretraining.index)
+
+    def _pretraining_points(self, rows, lineage, run_id, learning_rate, row_pointer) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "lineage": np.asarray(lineage, dtype=object),
+                "run_id": np.asarray(run_id, dtype=object),
+                "run_type": "pretraining",
+                "params": rows["params"].to_numpy(),
+                "data": rows["data"].to_numpy(),
+                "seed": rows["seed"].to_numpy(np.int64),
+                "step": rows["step"].to_numpy(np.int64),
+                "learning_rate": learning_rate,
+                "pretraining_phase": True,
+                "cumulative_tokens": rows["tokens"].to_numpy(np.float64),
+                "cumulative_compute": rows["compute"].to_numpy(np.float64),
+                "tokens_estimated": False,
+                "train_loss": np.nan,
+                "lr_at_step": rows["lr_at_step"].to_numpy(np.float64) if "lr_at_step" in rows else np.nan,
+                "pretraining_row": np.asarray(row_pointer, dtype=np.int64),
+                "eval_run": "",
+            }
+        )
+
+    def _lineage_bases(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One row per post-training lineage (its leaf's base checkpoint and learning rate), and the usable chains."""
+        chains = self.relationships.lineage_chains()
+        chains = chains[chains["run_id"].isin(self.run_facts.index) & ~chains["run_id"].isin(self.skipped_runs)]
+        leaves = chains.loc[chains.groupby("lineage")["depth"].idxmax()]
+        # a lineage whose own run was skipped has no leaf left: drop it and its ancestors' copies
+        leaves = leaves[leaves["lineage"] == leaves["run_id"]]
+        bases = self._links.loc[leaves["lineage"], ["params", "data", "seed", "base_step", "learning_rate"]]
+        unknown = bases["learning_rate"].isna()
+        self.report.lineages_learning_rate_unknown = int(unknown.sum())
+        bases = bases.assign(learning_rate=bases["learning_rate"].where(~unknown, UNKNOWN_LEARNING_RATE))
+        return bases.rename_axis("lineage").reset_index(), chains[chains["lineage"].isin(leaves["lineage"])]
+
+    @property
+    def skipped_runs(self) -> list[str]:
+        """Linked runs left out of the curves; the reasons are in ``report.skipped_runs``."""
+        return list(self.report.skipped_runs)
+
+    def _posttraining_lineages(self) -> list[pd.DataFrame]:
+        bases, chains = self._lineage_bases()
+        if bases.empty:
+            return []
+        bases = bases.assign(
+            seed=bases["seed"].astype("int64"),
+            base_step=bases["base_step"].astype("int64"),
+            base_tokens=bases["base_step"].astype("float64") * _size_column(bases["params"], "tokens_per_step"),
+        )
+        return [self._prefix_points(bases), self._run_points(bases, chains)]
+
+    def _prefix_points(self, bases: pd.DataFrame) -> pd.DataFrame:
+        table = self.metric_table.rename_axis("pretraining_row").reset_index()
+        if self.pretraining_seeds == "mean":
+            table = table[table["seed"] == -1].drop(columns="seed")
+            prefix = bases.merge(table, on=["params", "data"])
+        else:
+            prefix = bases.merge(table, on=["params", "data", "seed"])
+        prefix = prefix[prefix["step"] <= prefix["base_step"]]
+        found = prefix.loc[prefix["step"] == prefix["base_step"], "lineage"]
+        self.report.base_checkpoints_missing = int((~bases["lineage"].isin(found)).sum())
+        seeds = prefix["seed"] if self.pretraining_seeds == "base" else "mean"
+        run_id = pretraining_lineage_id(prefix["params"], prefix["data"], seeds)
+        return self._pretraining_points(
+            prefix, prefix["lineage"], run_id, prefix["learning_rate"].to_numpy(), prefix["pretraining_row"]
+        )
+
+    def _run_points(self, bases: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
+        facts = self.run_facts
+        offsets = self._token_offsets(bases, chains)
+        points = chains.merge(bases, on="lineage").merge(self._history, on="run_id")
+        points = points.merge(offsets, on=["lineage", "run_id"])
+        cumulative = points["offset"] + points["run_tokens"]
+        true_params = _size_column(points["params"], "true_params")
+        last_step = points["run_id"].map(facts["last_step"])
+        return pd.DataFrame(
+            {
+                "lineage": points["lineage"].to_numpy(object),
+                "run_id": points["run_id"].to_numpy(object),
+                "run_type": points["run_id"].map(self._links["run_type"]).to_numpy(object),
+                "params": points["params"].to_numpy(object),
+                "data": points["data"].to_numpy(object),
+                "seed": points["seed"].to_numpy(np.int64),
+                "step": points["step"].to_numpy(np.int64),
+                "learning_rate": points["learning_rate"].to_numpy(np.float64),
+                "pretraining_phase": False,
+                "cumulative_tokens": cumulative.to_numpy(np.float64),
+                # pretraining compute is 6 N tokens too: 6 N cumulative tokens never counts anything twice
+                "cumulative_compute": 6.0 * true_params * cumulative.to_numpy(np.float64),
+                "tokens_estimated": (
+                    points["run_id"].map(facts["tokens_estimated"]) | points["offset_estimated"]
+                ).to_numpy(bool),
+                "train_loss": points["train_loss"].to_numpy(np.float64),
+                "lr_at_step": points["lr_at_step"].to_numpy(np.float64),
+                "pretraining_row": -1,
+                "eval_run": np.where(points["step"] == last_step, points["run_id"], "").astype(object),
+            }
+        )
+
+    def _token_offsets(self, bases: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
+        """Tokens seen before each run of a chain: the base's, plus the final tokens of its ancestors.
+
+        A DPO run whose SFT parent is not in the store starts after the parent's budget (``<N>Mt``), estimated.
+        """
+        links, facts = self._links, self.run_facts
+        chained = chains.merge(bases[["lineage", "base_tokens"]], on="lineage").sort_values(["lineage", "depth"])
+        final = chained["run_id"].map(facts["final_run_tokens"])
+        before = final.groupby(chained["lineage"]).cumsum() - final
+        missing_parent = chained["run_id"].map(links["parent_tokens_estimate"]).fillna(0.0)
+        estimated_parent = missing_parent > 0
+        return pd.DataFrame(
+            {
+                "lineage": chained["lineage"],
+                "run_id": chained["run_id"],
+                "offset": chained["base_tokens"] + before + missing_parent,
+                "offset_estimated": estimated_parent.groupby(chained["lineage"]).cummax(),
+            }
+        )

@@ -1,0 +1,122 @@
+"""The ddxr command: demo, build, info, export, and its error exits."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ddxr.cli import main, parse_selection
+from ddxr.errors import DdxrError
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--cache-dir", str(root), "--quiet"]) == 0
+    return root
+
+
+def test_demo_writes_the_file_and_the_plot(demo):
+    assert (demo / "ddxr-demo.nc").stat().st_size > 0
+    png = demo / "ddxr-demo-lr-sweep.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_describes_the_file(demo, capsys):
+    assert main(["info", str(demo / "ddxr-demo.nc")]) == 0
+    out = capsys.readouterr().out
+    for word in (
+        "points:",
+        "lineages:",
+        "levels:",
+        "learning_rate",
+        "runs by type and state",
+        "build report",
+        "fingerprint",
+    ):
+        assert word in out
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_export_writes_the_selected_long_frame(demo, tmp_path, suffix):
+    out = tmp_path / f"sweep{suffix}"
+    code = main(
+        [
+            "export",
+            str(demo / "ddxr-demo.nc"),
+            "--sel",
+            "params=150M",
+            "--sel",
+            "learning_rate=1e-5,1e-4",
+            "--sel",
+            "cumulative_tokens=0:5e10",
+            "--metrics",
+            "olmes_9_average,train_loss",
+            "--melt",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    frame = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+    assert set(frame["params"]) == {"150M"}
+    assert set(frame["learning_rate"]).issubset({1e-5, 1e-4}) and len(frame) > 0
+    assert frame["cumulative_tokens"].max() <= 5e10
+    assert set(frame["metric"]) <= {"olmes_9_average", "train_loss"}
+    assert frame["value"].notna().all()
+
+
+def test_selection_parsing():
+    labels = parse_selection(["params=150M", "learning_rate=1e-5,1e-4", "cumulative_tokens=0:5e9", "seed=0"])
+    assert labels == {
+        "params": "150M",
+        "learning_rate": [1e-5, 1e-4],
+        "cumulative_tokens": slice(0.0, 5e9),
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["info", "does-not-exist.nc"], "does-not-exist.nc"),
+        (["export", "{demo}", "--sel", "params", "-o", "x.csv"], "expected NAME=VALUE"),
+        (["export", "{demo}", "--sel", "learning_rate=fast", "-o", "x.csv"], "takes numbers"),
+        (["export", "{demo}", "-o", "x.xlsx"], ".parquet or .csv"),
+        (["export", "{demo}", "--sel", "params=77M", "-o", "{tmp}/x.csv"], "77M"),
+    ],
+)
+def test_bad_arguments_exit_with_one_line(demo, tmp_path, capsys, argv, message):
+    argv = [a.replace("{demo}", str(demo / "ddxr-demo.nc")).replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "broken.nc"
+    bad.write_bytes(b"not a netcdf file at all")
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.nc" in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "broken.nc"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DdxrError):
+        main(["--debug", "info", str(bad)])
+
+
+def test_build_command_writes_and_reports(demo, tmp_path, capsys):
+    out = tmp_path / "built.nc"
+    url = f"sqlite:///{demo / 'demo' / 'wandb.db'}"
+    assert main(["build", "--datadecide", str(demo / "demo"), "--db", url, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "runs_read" in printed and "runs_unlinked" in printed
+
+
+def test_missing_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build"])
+    assert exit_info.value.code == 2
