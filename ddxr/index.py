@@ -1,0 +1,379 @@
+"""ddxr's MultiIndex over training points: ``.sel`` with scalars, lists and slices on every level.
+
+xarray's stock :class:`~xarray.indexes.PandasMultiIndex` refuses lists and slices on levels and drops a level that is
+selected by a scalar. :class:`DdxrIndex` overrides ``sel`` with one boolean mask over level values, so any
+combination of levels can be selected and every level is kept (``to_dataframe()`` has the same columns whatever was
+selected). :func:`select` adds the non-index point coordinates (``run_id``, ``step``, ...) to the same semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from xarray.core.indexing import IndexSelResult
+from xarray.indexes import PandasMultiIndex
+
+from ddxr.errors import BuildError, SelectionError
+
+#: The dimension every training point lies on.
+POINT_DIM = "point"
+#: Levels of the ``point`` MultiIndex, in order (DESIGN.md §2).
+LEVELS = ("lineage", "params", "data", "learning_rate", "cumulative_tokens")
+#: Levels that hold floats and are matched with a relative tolerance.
+FLOAT_LEVELS = ("learning_rate", "cumulative_tokens")
+#: Relative tolerance of float matching: ``1e-5`` typed by a user matches a stored ``1.0000000000000001e-05``.
+RELATIVE_TOLERANCE = 1e-9
+
+_SHOWN_VALUES = 5  # available values quoted in an error message
+
+
+class DdxrIndex(PandasMultiIndex):
+    """MultiIndex of the ``point`` dimension that selects with scalars, lists and slices on any level.
+
+    Selection semantics, per level (any subset of levels, combined with *and*):
+
+    - scalar: the points whose level value equals it (the level is kept, unlike the stock index);
+    - list, tuple, set or 1-D array: membership;
+    - ``slice(a, b)``: ``a <= value <= b``, both ends inclusive, ``None`` open (lexical on string levels);
+    - float levels (``learning_rate``, ``cumulative_tokens``) match scalars, lists and slice ends within a relative
+      tolerance of :data:`RELATIVE_TOLERANCE`; ``method="nearest"`` (optionally with ``tolerance``) picks the closest
+      stored value for each scalar or list element there, and exact matching elsewhere.
+
+    The result keeps the original point order; unused level values are removed from the new index. A scalar or list
+    element that matches no point raises :class:`~ddxr.errors.SelectionError` (a ``KeyError``); a slice that
+    matches nothing gives zero points. Labels for the ``point`` dimension itself keep xarray's stock behaviour.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame(
+    ...     {
+    ...         "lineage": ["a", "a", "b"],
+    ...         "params": ["150M", "150M", "1B"],
+    ...         "data": ["C4", "C4", "C4"],
+    ...         "learning_rate": [1e-5, 1e-5, 3e-5],
+    ...         "cumulative_tokens": [1.0, 2.0, 3.0],
+    ...     }
+    ... )
+    >>> ds = xr.Dataset(coords=point_coordinates(frame))
+    >>> ds.sel(learning_rate=[1e-5, 3e-5], cumulative_tokens=slice(2, None)).sizes["point"]
+    2
+    >>> list(ds.sel(params="150M").to_dataframe().reset_index().columns)
+    ['lineage', 'params', 'data', 'learning_rate', 'cumulative_tokens']
+    """
+
+    __slots__ = ()
+
+    def __init__(self, array: Any, dim: Hashable, level_coords_dtype: Any = None) -> None:
+        super().__init__(array, dim, level_coords_dtype)
+        # invariant: every level value is carried by some point, so a label matching a level value matches a point
+        # (isel, concat and sel all build their result through here)
+        self.index = self.index.remove_unused_levels()
+        self.index.name = dim
+
+    def sel(self, labels: dict[Any, Any], method: str | None = None, tolerance: Any = None) -> IndexSelResult:
+        if not set(labels) <= set(self.index.names):  # labels for the `point` dimension itself: stock behaviour
+            if method is not None or tolerance is not None:
+                raise SelectionError(f"method={method!r}/tolerance= apply to levels {LEVELS}, not to {POINT_DIM!r}")
+            return super().sel(labels)
+        return IndexSelResult({self.dim: np.flatnonzero(self.mask(labels, method=method, tolerance=tolerance))})
+
+    def mask(self, labels: Mapping[Hashable, Any], method: str | None = None, tolerance: Any = None) -> np.ndarray:
+        """Boolean mask over points of the points matching ``labels`` (level name → scalar, list or slice).
+
+        Matching runs on the (few) level values, then one gather through the level codes per level.
+        """
+        unknown = [name for name in labels if name not in self.index.names]
+        if unknown:
+            raise SelectionError(f"unknown level(s) {unknown}: expected one of {list(self.index.names)}")
+        _check_method(method, tolerance)
+        mask = np.ones(len(self.index), dtype=bool)
+        for name, label in labels.items():  # one pass per selected level, never per point
+            position = self.index.names.index(name)
+            values = np.asarray(self.index.levels[position])
+            matched = match_values(
+                values, label, name=name, tolerant=name in FLOAT_LEVELS, method=method, tolerance=tolerance
+            )
+            mask &= matched[self.index.codes[position]]
+        return mask
+
+
+def point_coordinates(frame: pd.DataFrame) -> xr.Coordinates:
+    """Coordinates with a :class:`DdxrIndex` over ``point`` from a frame holding the level columns.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per point with the columns of :data:`LEVELS` (in any order; other columns are ignored).
+
+    Returns
+    -------
+    xarray.Coordinates
+        The ``point`` MultiIndex coordinate and its level coordinates, float levels as float64.
+
+    Raises
+    ------
+    BuildError
+        If a level column is missing or holds missing values.
+    """
+    missing = [name for name in LEVELS if name not in frame.columns]
+    if missing:
+        raise BuildError(
+            f"point frame: expected level columns {list(LEVELS)}, missing {missing}; add them before assembling"
+        )
+    levels = frame[list(LEVELS)].astype(dict.fromkeys(FLOAT_LEVELS, "float64"))
+    _check_complete(levels, "point frame")
+    return xr.Coordinates.from_xindex(DdxrIndex(pd.MultiIndex.from_frame(levels), POINT_DIM))
+
+
+def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
+    """(Re)install a :class:`DdxrIndex` on ``point`` from a stock MultiIndex or from plain level coordinates.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Dataset whose ``point`` dimension carries either a ``PandasMultiIndex`` with the levels of :data:`LEVELS`
+        (e.g. after ``cf_xarray`` decoding) or one coordinate per level without an index.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same data with a :class:`DdxrIndex` whose levels are in :data:`LEVELS` order and hold only values some
+        point carries; level attrs are kept.
+
+    Raises
+    ------
+    BuildError
+        If a level is missing or holds missing values.
+    """
+    current = ds.xindexes.get(POINT_DIM)
+    if isinstance(current, PandasMultiIndex):
+        if set(current.index.names) != set(LEVELS):
+            raise BuildError(
+                f"Dataset index {POINT_DIM!r}: expected levels {list(LEVELS)}, found {list(current.index.names)}"
+            )
+        index = current.index.reorder_levels(list(LEVELS))
+        dtypes = {name: current.level_coords_dtype[name] for name in LEVELS}
+        ds = ds.drop_indexes([POINT_DIM, *LEVELS])
+    else:
+        missing = [name for name in LEVELS if name not in ds.coords]
+        if missing:
+            raise BuildError(
+                f"Dataset: expected coordinates {list(LEVELS)} along {POINT_DIM!r}, missing {missing}; "
+                "build it with ddxr.index.point_coordinates"
+            )
+        levels = pd.DataFrame({name: ds[name].values for name in LEVELS})
+        _check_complete(levels, "Dataset")
+        index = pd.MultiIndex.from_frame(levels)
+        dtypes = {name: ds[name].dtype for name in LEVELS}
+        if POINT_DIM in ds.xindexes:
+            ds = ds.drop_indexes(POINT_DIM)
+    new = DdxrIndex(index, POINT_DIM, level_coords_dtype=dtypes)
+    keep = {name: ds[name].variable for name in (POINT_DIM, *LEVELS) if name in ds.variables}  # attrs, encoding
+    coords = xr.Coordinates(new.create_variables(keep), indexes=dict.fromkeys((POINT_DIM, *LEVELS), new))
+    return ds.drop_vars([name for name in (POINT_DIM, *LEVELS) if name in ds.variables]).assign_coords(coords)
+
+
+def select(ds: xr.Dataset, **labels: Any) -> xr.Dataset:
+    """Select points like ``ds.sel``, on index levels and on the non-index point coordinates alike.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Dataset with a :class:`DdxrIndex` on ``point``.
+    **labels
+        Coordinate name → scalar, list or ``slice`` (see :class:`DdxrIndex`); names may be levels
+        (``params``, ``learning_rate``, ...) or 1-D point coordinates (``run_id``, ``run_type``, ``seed``, ``step``,
+        ``pretraining_phase``, ``tokens_estimated``, ...). Float coordinates match with a relative tolerance.
+
+    Returns
+    -------
+    xarray.Dataset
+        The matching points, in their original order, with every level kept.
+
+    Raises
+    ------
+    SelectionError
+        If a name is neither a level nor a point coordinate, or a scalar or list element matches no point.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame(
+    ...     {
+    ...         "lineage": ["a", "a", "b"],
+    ...         "params": ["150M", "150M", "1B"],
+    ...         "data": ["C4", "C4", "C4"],
+    ...         "learning_rate": [1e-5, 1e-5, 3e-5],
+    ...         "cumulative_tokens": [1.0, 2.0, 3.0],
+    ...     }
+    ... )
+    >>> ds = xr.Dataset(coords=point_coordinates(frame)).assign_coords(step=(POINT_DIM, [0, 10, 0]))
+    >>> select(ds, params="150M", step=slice(5, None)).sizes["point"]
+    1
+    """
+    index = ds.xindexes.get(POINT_DIM)
+    if not isinstance(index, DdxrIndex):
+        raise SelectionError(
+            f"Dataset has no ddxr index on {POINT_DIM!r}; call ddxr.index.set_ddxr_index(ds) or open it with "
+            "ddxr.open_dataset"
+        )
+    point_coords = [name for name, coord in ds.coords.items() if coord.dims == (POINT_DIM,) and name not in LEVELS]
+    unknown = [name for name in labels if name not in LEVELS and name not in point_coords]
+    if unknown:
+        raise SelectionError(
+            f"unknown level or point coordinate(s) {unknown}: expected one of {[*LEVELS, *point_coords]}"
+        )
+    mask = index.mask({name: label for name, label in labels.items() if name in LEVELS})
+    for name in labels.keys() - set(LEVELS):  # one vectorized match per coordinate named
+        values = ds[name].values
+        mask &= match_values(values, labels[name], name=name, tolerant=values.dtype.kind in "fc")
+    return ds.isel({POINT_DIM: np.flatnonzero(mask)})
+
+
+def match_values(
+    values: np.ndarray,
+    label: Any,
+    *,
+    name: Hashable,
+    tolerant: bool = False,
+    method: str | None = None,
+    tolerance: Any = None,
+) -> np.ndarray:
+    """Boolean mask over ``values`` of the elements a scalar, list or slice label selects.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D values of one level or coordinate.
+    label : scalar, list-like or slice
+        What to select.
+    name : hashable
+        Level or coordinate name, quoted in errors.
+    tolerant : bool
+        Match within :data:`RELATIVE_TOLERANCE` (float values).
+    method, tolerance
+        ``method="nearest"`` picks the closest value for each scalar or list element of a tolerant match.
+
+    Raises
+    ------
+    SelectionError
+        If a scalar or list element matches no value, or the label cannot be compared with the values.
+    """
+    if isinstance(label, slice):
+        return _in_range(values, label, name, tolerant)
+    wanted = _as_array(label)
+    try:
+        if not tolerant:
+            matched = pd.Index(values).isin(wanted)
+            found = pd.Index(wanted).isin(values)
+        elif method == "nearest":
+            matched, found = _nearest(values, wanted.astype("float64"), tolerance)
+        else:
+            matched, found = _close(values, wanted.astype("float64"))
+    except (TypeError, ValueError) as error:
+        raise SelectionError(
+            f"{name}={label!r}: expected labels comparable with the {values.dtype} values of {name!r} ({error})"
+        ) from error
+    if not found.all():
+        raise SelectionError(_not_found_message(name, wanted[~found], values, tolerant))
+    return np.asarray(matched)
+
+
+def _as_array(label: Any) -> np.ndarray:
+    if isinstance(label, xr.DataArray | xr.Variable):
+        label = label.values
+    if isinstance(label, set | frozenset):
+        label = list(label)
+    wanted = np.asarray(label, dtype=object if isinstance(label, str) else None)
+    return wanted.reshape(-1)
+
+
+def _close(values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values within RELATIVE_TOLERANCE of any wanted float, via binary search on the sorted values."""
+    order, ordered = _sorted(values)
+    radius = RELATIVE_TOLERANCE * np.abs(wanted)
+    starts = np.searchsorted(ordered, wanted - radius, side="left")
+    ends = np.searchsorted(ordered, wanted + radius, side="right")
+    # mark every sorted position covered by some [start, end) without a loop over labels
+    cover = np.zeros(len(values) + 1, dtype=np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, ends, -1)
+    matched = np.zeros(len(values), dtype=bool)
+    matched[order] = np.cumsum(cover[:-1]) > 0
+    return matched, ends > starts
+
+
+def _nearest(values: np.ndarray, wanted: np.ndarray, tolerance: Any) -> tuple[np.ndarray, np.ndarray]:
+    order, ordered = _sorted(values)
+    if len(ordered) == 0:
+        return np.zeros(0, dtype=bool), np.zeros(len(wanted), dtype=bool)
+    right = np.clip(np.searchsorted(ordered, wanted), 0, len(ordered) - 1)
+    left = np.clip(right - 1, 0, len(ordered) - 1)
+    closest = np.where(np.abs(ordered[left] - wanted) <= np.abs(ordered[right] - wanted), left, right)
+    distance = np.abs(ordered[closest] - wanted)
+    found = distance <= (np.inf if tolerance is None else float(tolerance))
+    matched = np.zeros(len(values), dtype=bool)
+    matched[order[closest[found]]] = True
+    return matched, found
+
+
+def _sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype="float64")
+    if np.all(values[1:] >= values[:-1]):  # level values are usually sorted already: skip the sort
+        return np.arange(len(values)), values
+    order = np.argsort(values, kind="stable")
+    return order, values[order]
+
+
+def _in_range(values: np.ndarray, label: slice, name: Hashable, tolerant: bool) -> np.ndarray:
+    if label.step is not None:
+        raise SelectionError(f"{name}={label!r}: slices select a closed range of values and take no step")
+    low, high = label.start, label.stop
+    if tolerant:
+        low = None if low is None else low - RELATIVE_TOLERANCE * abs(low)
+        high = None if high is None else high + RELATIVE_TOLERANCE * abs(high)
+    series = pd.Series(values)
+    try:
+        inside = np.ones(len(values), dtype=bool)
+        if low is not None:
+            inside &= (series >= low).to_numpy()
+        if high is not None:
+            inside &= (series <= high).to_numpy()
+    except TypeError as error:
+        raise SelectionError(
+            f"{name}={label!r}: expected slice ends comparable with the {values.dtype} values of {name!r} ({error})"
+        ) from error
+    return inside
+
+
+def _not_found_message(name: Hashable, missing: np.ndarray, values: np.ndarray, tolerant: bool) -> str:
+    available = pd.unique(pd.Series(values))
+    shown = ", ".join(repr(value) for value in sorted(available.tolist())[:_SHOWN_VALUES])
+    more = f" (and {len(available) - _SHOWN_VALUES} more)" if len(available) > _SHOWN_VALUES else ""
+    how = f" within relative tolerance {RELATIVE_TOLERANCE:g}" if tolerant else ""
+    return (
+        f"{name}={missing.tolist()!r} matches no point{how}; expected values of {name!r} such as {shown}{more} "
+        "— check the spelling, or use a slice for a range"
+    )
+
+
+def _check_method(method: str | None, tolerance: Any) -> None:
+    if method not in (None, "nearest"):
+        raise SelectionError(f"method={method!r} is unsupported: ddxr selections take method=None or 'nearest'")
+    if tolerance is not None and method is None:
+        raise SelectionError("tolerance= needs method='nearest'")
+
+
+def _check_complete(levels: pd.DataFrame, where: str) -> None:
+    counts = levels.isna().sum()
+    if counts.any():
+        found = ", ".join(f"{name}: {count}" for name, count in counts[counts > 0].items())
+        raise BuildError(
+            f"{where}: index levels must not hold missing values (NaN breaks encoding and .sel), found {found}; "
+            f"use sentinels (learning_rate {0.0} for pretraining-only lineages)"
+        )

@@ -1,0 +1,405 @@
+"""The netCDF cache: identical round trips, lazy opening, encodings, damaged files, fingerprints, cached builds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from roundtrip import curves_datasets, example_datasets, roundtrip
+
+import ddxr
+import ddxr.cache
+from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint, open_dataset, open_runs, write_dataset
+from ddxr.errors import BuildError, CacheError
+from ddxr.index import LEVELS, POINT_DIM, DdxrIndex
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def example() -> tuple[xr.Dataset, xr.Dataset]:
+    return example_datasets()
+
+
+@pytest.fixture
+def written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> Path:
+    return write_dataset(*example, tmp_path / "cache.nc")
+
+
+# --- round trips ----------------------------------------------------------------------------------------------------
+
+
+def test_round_trip_is_identical(example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    curves, runs = example
+    with roundtrip(curves, runs) as (curves_back, runs_back):
+        xr.testing.assert_identical(curves_back.load(), curves)
+        xr.testing.assert_identical(runs_back.load(), runs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(curves=curves_datasets())
+def test_generated_datasets_round_trip_identically(curves: xr.Dataset) -> None:
+    with roundtrip(curves) as (curves_back, _):
+        xr.testing.assert_identical(curves_back.load(), curves)
+
+
+def test_types_come_back_as_written(example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    curves, runs = example
+    with roundtrip(curves, runs) as (curves_back, runs_back):
+        assert curves_back["pretraining_phase"].dtype == bool
+        assert curves_back["step"].dtype == np.int64
+        assert curves_back["cumulative_compute"].dtype == np.float64
+        assert curves_back["train_loss"].dtype == np.float32
+        assert curves_back["train_loss"].attrs["higher_is_better"] is False
+        assert curves_back.attrs["build_report"] == curves.attrs["build_report"]
+        assert runs_back["created_at"].values[1] == np.datetime64("2025-08-21T10:00:00.123456789")
+        assert runs_back["tokens_estimated"].dtype == bool
+        assert "ddxr_json_attrs" not in curves_back.attrs
+
+
+def test_point_coordinates_survive_without_data_variables(example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    # cf_xarray's decoder keeps only coordinates some data variable carries: ours must keep them all
+    coords_only = example[0].drop_vars(list(example[0].data_vars))
+    with roundtrip(coords_only) as (back, _):
+        xr.testing.assert_identical(back.load(), coords_only)
+        assert {"run_id", "run_type", "seed", "step", "pretraining_phase", "tokens_estimated"} <= set(back.coords)
+
+
+def test_provenance_is_stamped_when_absent(example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    bare = example[0].drop_attrs(deep=False)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    with roundtrip(bare) as (back, runs_back):
+        assert back.attrs["ddxr_version"] == ddxr.__version__
+        assert back.attrs["schema_version"] == SCHEMA_VERSION
+        assert dt.datetime.fromisoformat(back.attrs["created"]) >= before
+        assert runs_back.attrs["schema_version"] == SCHEMA_VERSION
+
+
+def test_selection_right_after_open(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    curves = example[0]
+    labels = {"params": "150M", "learning_rate": [1e-5, 1e-4], "cumulative_tokens": slice(2e9, None)}
+    with open_dataset(written) as opened:
+        assert isinstance(opened.xindexes[POINT_DIM], DdxrIndex)
+        xr.testing.assert_identical(opened.sel(labels).load(), curves.sel(labels))
+        assert opened.sel(labels).sizes[POINT_DIM] == 2 * 5
+
+
+def test_open_is_lazy(written: Path) -> None:
+    with open_dataset(written) as opened:
+        lazy = [name for name, variable in opened.variables.items() if name not in (POINT_DIM, *LEVELS)]
+        assert all(not opened[name].variable._in_memory for name in lazy), "variables were read on open"
+        selected = opened.sel(params="4M")
+        assert not selected["pile_valppl"].variable._in_memory
+        assert np.isfinite(selected["pile_valppl"].values).all()
+
+
+@pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")  # small chunks on purpose
+def test_open_with_chunks_is_dask_backed(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    with open_dataset(written, chunks={POINT_DIM: 16}) as opened:
+        assert opened["train_loss"].chunks == ((16, 16, 16, 16, 7),)
+        assert opened["run_id"].chunks is not None
+        xr.testing.assert_identical(opened.load(), example[0])
+
+
+def test_encodings_in_the_file(written: Path) -> None:
+    with netCDF4.Dataset(written) as nc:
+        metric = nc["train_loss"]
+        assert metric.dtype == np.float32
+        assert metric.filters()["zlib"] and metric.filters()["shuffle"] and metric.filters()["complevel"] == 4
+        assert nc["cumulative_compute"].dtype == np.float64 and nc["cumulative_compute"].filters()["zlib"]
+        assert nc["learning_rate"].dtype == np.float64 and nc["cumulative_tokens"].dtype == np.float64
+        assert nc["step"].dtype == np.int64
+        assert nc["run_id"].dtype == np.int32  # strings along point are stored as codes
+        assert nc["point"].getncattr("compress") == " ".join(LEVELS)
+        assert nc["point"].chunking() != "contiguous"
+        assert set(nc.groups) == {"runs"}
+
+
+def test_file_is_one_netcdf4_file_without_pickles(written: Path) -> None:
+    head = written.read_bytes()[:8]
+    assert head == b"\x89HDF\r\n\x1a\n"  # netCDF4 = HDF5 container
+    assert [path.name for path in written.parent.iterdir()] == ["cache.nc"]  # no temporary file left behind
+
+
+# --- refusals before writing ----------------------------------------------------------------------------------------
+
+
+def test_duplicate_points_are_refused_before_writing(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    curves, runs = example
+    doubled = xr.concat([curves, curves.isel({POINT_DIM: [0, 1]})], dim=POINT_DIM)
+    path = tmp_path / "cache.nc"
+
+    with pytest.raises(BuildError, match=r"expected points unique by \('lineage', 'run_id', 'step'\), found 4 points"):
+        write_dataset(doubled, runs, path)
+    assert not path.exists()
+
+
+def test_missing_level_values_are_refused(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    curves, runs = example
+    frame = curves.to_dataframe().reset_index()
+    frame.loc[0, "learning_rate"] = np.nan
+    stock = xr.Coordinates.from_pandas_multiindex(pd.MultiIndex.from_frame(frame[list(LEVELS)]), POINT_DIM)
+    holed = curves.drop_vars([POINT_DIM, *LEVELS]).assign_coords(stock)
+
+    with pytest.raises(BuildError, match=r"index levels must not hold missing values, found learning_rate: 1"):
+        write_dataset(holed, runs, tmp_path / "cache.nc")
+
+
+def test_missing_strings_are_refused(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    curves, runs = example
+    run_ids = curves["run_id"].values.copy()
+    run_ids[3] = None
+    with pytest.raises(BuildError, match=r"curves variable 'run_id': expected strings, found 1 missing values"):
+        write_dataset(curves.assign_coords(run_id=(POINT_DIM, run_ids)), runs, tmp_path / "cache.nc")
+    states = runs["state"].values.copy()
+    states[0] = np.nan
+    with pytest.raises(BuildError, match=r"runs variable 'state'.* explicit sentinel"):
+        write_dataset(curves, runs.assign(state=("run", states)), tmp_path / "cache.nc")
+
+
+def test_curves_without_a_multiindex_are_refused(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"expected a MultiIndex over 'point'.* found no index"):
+        write_dataset(example[0].reset_index(POINT_DIM), example[1], tmp_path / "cache.nc")
+
+
+# --- damaged and foreign files --------------------------------------------------------------------------------------
+
+
+def test_newer_schema_is_refused(written: Path) -> None:
+    with netCDF4.Dataset(written, "a") as nc:
+        nc.setncattr("schema_version", SCHEMA_VERSION + 1)
+        nc["runs"].setncattr("schema_version", SCHEMA_VERSION + 1)
+    newer = rf"written by a newer ddxr \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\); upgrade ddxr or rebuild"
+    with pytest.raises(CacheError, match=newer):
+        open_dataset(written)
+    with pytest.raises(CacheError, match=newer):
+        open_runs(written)
+
+
+def test_truncated_file_is_a_cache_error(written: Path) -> None:
+    with written.open("r+b") as handle:
+        handle.truncate(written.stat().st_size // 2)
+    with pytest.raises(CacheError, match=rf"{written}: expected a readable ddxr netCDF cache.*refresh=True"):
+        open_dataset(written)
+
+
+@pytest.mark.parametrize("damage", ["text", "header", "empty"])
+def test_corrupt_or_foreign_file_is_a_cache_error(written: Path, damage: str) -> None:
+    if damage == "text":
+        written.write_text("run_id,step\nabc,1\n")
+    elif damage == "empty":
+        written.write_bytes(b"")
+    else:
+        with written.open("r+b") as handle:
+            handle.write(b"\x00" * 64)
+    with pytest.raises(CacheError, match=r"truncated, corrupt or foreign file .*delete the file"):
+        open_dataset(written)
+    with pytest.raises(CacheError, match=r"\(group 'runs'\)"):
+        open_runs(written)
+
+
+def test_netcdf_without_ddxr_attrs_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.nc"
+    xr.Dataset({"x": ("t", [1.0])}).to_netcdf(path, engine="netcdf4")
+    with pytest.raises(CacheError, match="expected a ddxr cache file with a schema_version attribute"):
+        open_dataset(path)
+
+
+def test_missing_file_is_a_cache_error(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match=r"no such cache file; build it \(cached_build\)"):
+        open_dataset(tmp_path / "absent.nc")
+
+
+# --- fingerprints ---------------------------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable_and_sensitive(tmp_path: Path) -> None:
+    parts = {
+        "datadecide": {"path": tmp_path / "full_eval.parquet", "size": 123, "mtime": 1.5},
+        "store": {"runs": 517, "history_rows": np.int64(100_000), "max_created_at": dt.datetime(2025, 11, 10)},
+        "options": {"metrics": ("core",), "tau": 779.0, "seeds": {2, 0, 1}},
+    }
+    reordered = {
+        "options": {"seeds": {1, 2, 0}, "tau": 779.0, "metrics": ["core"]},
+        "store": parts["store"],
+        "datadecide": parts["datadecide"],
+    }
+
+    digest = fingerprint(parts)
+
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert fingerprint(reordered) == digest
+    assert fingerprint({**parts, "store": {**parts["store"], "runs": 518}}) != digest
+
+
+def test_fingerprint_includes_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = fingerprint({"options": "core"})
+    monkeypatch.setattr(ddxr.cache, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    assert fingerprint({"options": "core"}) != before
+
+
+def test_fingerprint_names_what_it_cannot_describe() -> None:
+    with pytest.raises(CacheError, match=r"parts.options.callback: expected str, numbers.* found function"):
+        fingerprint({"options": {"callback": lambda: None}})
+
+
+# --- cached builds --------------------------------------------------------------------------------------------------
+
+
+class CountingBuild:
+    """A build function that counts its calls."""
+
+    def __init__(self, datasets: tuple[xr.Dataset, xr.Dataset]) -> None:
+        self.datasets = datasets
+        self.calls = 0
+
+    def __call__(self) -> tuple[xr.Dataset, xr.Dataset]:
+        self.calls += 1
+        return self.datasets
+
+
+def test_cached_build_builds_once_then_opens(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    build = CountingBuild(example)
+    path = tmp_path / "cache" / "0123456789abcdef.nc"
+
+    first_curves, first_runs = cached_build(path, build)
+    again_curves, _ = cached_build(path, build)
+
+    assert build.calls == 1
+    xr.testing.assert_identical(first_curves.load(), example[0])
+    xr.testing.assert_identical(first_runs.load(), example[1])
+    xr.testing.assert_identical(again_curves.load(), example[0])
+    for ds in (first_curves, first_runs, again_curves):
+        ds.close()
+
+
+def test_cached_build_refresh_rebuilds(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    path = write_dataset(*example, tmp_path / "cache.nc")
+    smaller = (example[0].sel(params="4M"), example[1])
+    build = CountingBuild(smaller)
+
+    curves, runs = cached_build(path, build, refresh=True)
+
+    assert build.calls == 1
+    assert curves.sizes[POINT_DIM] == 12
+    curves.close()
+    runs.close()
+
+
+def test_cached_build_on_a_corrupt_file(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    path = tmp_path / "cache.nc"
+    path.write_bytes(b"not netcdf")
+    build = CountingBuild(example)
+
+    with pytest.raises(CacheError, match="refresh=True"):
+        cached_build(path, build)
+    curves, runs = cached_build(path, build, refresh=True)
+
+    assert build.calls == 1
+    xr.testing.assert_identical(curves.load(), example[0])
+    curves.close()
+    runs.close()
+
+
+def test_failed_write_keeps_the_old_file(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    path = write_dataset(*example, tmp_path / "cache.nc")
+    before = path.read_bytes()
+    unwritable = example[0].assign(bad=(POINT_DIM, np.ones(example[0].sizes[POINT_DIM], dtype=np.complex128)))
+
+    with pytest.raises(Exception, match="complex"):  # netCDF has no complex type: the write fails midway
+        write_dataset(unwritable, example[1], path)
+
+    assert path.read_bytes() == before
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["cache.nc"]
+
+
+# --- concurrency: separate processes, as two notebooks or a notebook and a CLI would be ---------------------------
+
+BUILDER = textwrap.dedent(
+    """
+    import hashlib, sys, time
+    from pathlib import Path
+    from roundtrip import example_datasets
+    from ddxr.cache import cached_build
+
+    path, counter = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def build():
+        with counter.open("a") as handle:
+            handle.write("built\\n")
+        time.sleep(1.0)  # long enough for the other process to arrive while this one holds the lock
+        return example_datasets()
+
+    curves, runs = cached_build(path, build)
+    text = curves.load().to_dataframe().to_csv() + runs.load().to_dataframe().to_csv()
+    print(hashlib.sha256(text.encode()).hexdigest())
+    """
+)
+
+REWRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    from roundtrip import example_datasets
+    from ddxr.cache import write_dataset
+    from ddxr.index import POINT_DIM
+
+    curves, runs = example_datasets()
+    big = curves.assign(noise=(POINT_DIM, np.zeros((curves.sizes[POINT_DIM], ), "float32")))
+    big = big.assign({f"metric_{i}": big["noise"] for i in range(200)})  # a slower write: more variables
+    Path(sys.argv[3]).touch()  # tell the reader the writes begin
+    for _ in range(int(sys.argv[2])):
+        write_dataset(big, runs, Path(sys.argv[1]))
+    """
+)
+
+
+def run_python(script: str, *args: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
+    command = [sys.executable, "-c", script, *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_builders_build_once_and_agree(tmp_path: Path) -> None:
+    path, counter = tmp_path / "cache.nc", tmp_path / "builds.txt"
+
+    processes = [run_python(BUILDER, path, counter) for _ in range(2)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], [error for _, error in outputs]
+    assert counter.read_text() == "built\n"
+    assert outputs[0][0] == outputs[1][0] and len(outputs[0][0].strip()) == 64
+
+
+def test_readers_never_see_a_partial_file(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    path = write_dataset(*example, tmp_path / "cache.nc")
+    started = tmp_path / "writing"
+    writer = run_python(REWRITER, path, 3, started)
+    opened_while_writing = 0
+    while writer.poll() is None:  # read as fast as possible while the other process rewrites the file
+        writing = started.exists()
+        with open_dataset(path) as curves:  # never raises: the path is always a complete file
+            assert curves.sizes[POINT_DIM] == example[0].sizes[POINT_DIM]
+            assert curves["train_loss"].load().dtype == np.float32
+        opened_while_writing += writing
+        time.sleep(0.01)  # leave the writer some CPU
+
+    _, errors = writer.communicate()
+    assert writer.returncode == 0, errors
+    assert opened_while_writing > 0
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["cache.nc", "writing"]  # no temporary file left
+    with open_dataset(path) as final:
+        assert len(final.data_vars) == len(example[0].data_vars) + 201
