@@ -266,6 +266,7 @@ def test_store_history_replaces_a_runs_history_only(real_store: WandBStore, samp
 
 
 def test_stats_track_rows_and_latest_values(real_store: WandBStore, sample_history: pd.DataFrame) -> None:
+    real_store.create_tables()  # idempotent: the rows stay
     stats = real_store.stats()
     json.dumps(stats)  # fingerprint material must serialize
     assert stats["layout"] == "B" and stats["url"] == real_store.url_redacted
@@ -294,6 +295,20 @@ def test_coerced_metric_values_are_counted(store_url: str) -> None:
         assert history.attrs[COERCION_FAILURES] == {"x/y": 2}  # "abc" and the object; not "NaN" nor null
         chunks = list(store.iter_history(["r"], ["x/y"], chunk_size=2))
         assert [chunk.attrs[COERCION_FAILURES]["x/y"] for chunk in chunks] == [1, 1, 0]
+
+
+def test_store_history_writes_in_chunks_atomically(store_url: str) -> None:
+    history = pd.DataFrame(
+        {"run_id": ["a", "a", "a", "b", "b"], "step": [1, 2, 3, 1, 2], "loss": [0.5, np.nan, 0.25, 1.0, 2.0]}
+    )
+    with WandBStore(store_url, chunk_size=2) as store:
+        store.create_tables()
+        assert store.store_history(history) == 5
+        stored = store.read_history(None, ["loss"])
+        pd.testing.assert_frame_equal(stored[["run_id", "step", "loss"]], history)
+        with pytest.raises(SourceError, match="step must be an integer"):
+            store.store_history(history.assign(step=[1, 2, 3, 1, 2.5]))  # fails in the third chunk
+        pd.testing.assert_frame_equal(store.read_history(None, ["loss"]), stored)  # deletes and chunks rolled back
 
 
 def test_ten_thousand_run_ids(store_url: str) -> None:

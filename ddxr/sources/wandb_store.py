@@ -242,15 +242,16 @@ class WandBStore:
             names that are not strings or hold a NUL character, or a store of layout A.
         """
         table = self._writable(require_history=True).history
-        frame = _history_input(history)
-        keys = frame.columns[len(HISTORY_COLUMNS) :]
+        _check_history_columns(history)
+        run_ids = _run_id_column(history["run_id"], "history").unique().tolist()
         with self._connect(write=True) as connection:
-            run_ids = frame["run_id"].unique().tolist()
             connection.execute(sa.delete(table).where(any_of(self._url.dialect, table.c.run_id, run_ids)))
-            for start in range(0, len(frame), self.chunk_size):  # bounded memory for the JSON text and CSV buffer
-                chunk = frame.iloc[start : start + self.chunk_size]
-                bulk_insert(connection, table, _history_rows(chunk, keys), ("metrics",))
-        return len(frame)
+            # chunk by chunk, so the converted copy, JSON text and CSV buffer follow chunk_size; an invalid chunk
+            # rolls the whole call back
+            for start in range(0, len(history), self.chunk_size):
+                chunk = _history_rows(history.iloc[start : start + self.chunk_size])
+                bulk_insert(connection, table, chunk, ("metrics",))
+        return len(history)
 
     # ----------------------------------------------------------------------------------------------- reading
 
@@ -627,8 +628,7 @@ def _finite(value: object) -> object:
     return value
 
 
-def _history_input(history: pd.DataFrame) -> pd.DataFrame:
-    """Validated history: ``run_id`` str, ``step`` int64, ``timestamp`` and ``runtime`` float64, numeric metrics."""
+def _check_history_columns(history: pd.DataFrame) -> None:
     names = list(history.columns)
     bad_names = [name for name in names if not isinstance(name, str) or "\x00" in name]
     duplicated = sorted({name for name in names if names.count(name) > 1}, key=str)
@@ -638,6 +638,11 @@ def _history_input(history: pd.DataFrame) -> pd.DataFrame:
             f"metric named by a unique string without NUL characters; found columns {names[:20]} (bad names "
             f"{bad_names[:5]}, duplicated {duplicated[:5]})"
         )
+
+
+def _history_input(history: pd.DataFrame) -> pd.DataFrame:
+    """Validated history: ``run_id`` str, ``step`` int64, ``timestamp`` and ``runtime`` float64, numeric metrics."""
+    names = list(history.columns)
     run_ids = _run_id_column(history["run_id"], "history")
     step = pd.to_numeric(history["step"], errors="coerce")
     bad_step = step.isna() | (step % 1 != 0)
@@ -693,8 +698,10 @@ def _numeric(values: pd.Series, key: str) -> pd.Series:
     return numbers
 
 
-def _history_rows(chunk: pd.DataFrame, keys: Sequence[str]) -> pa.Table:
-    """A validated history chunk as the Arrow table of ``wandb_history`` columns."""
+def _history_rows(history: pd.DataFrame) -> pa.Table:
+    """A chunk of the store_history frame, validated, as the Arrow table of ``wandb_history`` columns."""
+    chunk = _history_input(history)
+    keys = chunk.columns[len(HISTORY_COLUMNS) :]
     return pa.table(
         {
             "run_id": pa.array(chunk["run_id"], pa.string()),
