@@ -572,6 +572,18 @@ def test_unknown_layout_message(store_url: str) -> None:
             _ = store.layout
 
 
+def test_malformed_run_json_names_the_run(store_url: str) -> None:
+    with WandBStore(store_url) as store:
+        store.create_tables()
+        store.store_runs(_runs_frame("fine"))
+        engine = _engine(store_url)
+        with engine.begin() as connection:  # a downloader that wrote a list where W&B has an object
+            connection.execute(sa.text("UPDATE wandb_runs SET summary = '[1, 2]'"))
+        engine.dispose()
+        with pytest.raises(SourceError, match=r"wandb_runs.summary of run 'fine' is not a JSON object \(1 runs\)"):
+            store.read_runs()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
