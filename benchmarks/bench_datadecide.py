@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,10 +29,13 @@ TARGET_SECONDS, TARGET_BYTES = 30.0, 4 * 2**30
 _READ = """
 import json, resource, sys, time
 from ddxr.sources.datadecide import read_datadecide
+before = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 evals = read_datadecide(sys.argv[1])
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_bytes": usage.ru_maxrss * 1024,
                   "rows": len(evals.table), "columns": evals.table.shape[1], "skipped": len(evals.skipped)}))
 """
 
@@ -41,9 +45,12 @@ def generate(regenerate: bool) -> None:
     if not regenerate and (folder / DOWNSTREAM_FILE).is_file() and (folder / PPL_FILE).is_file():
         print(f"using the generated exports in {folder}")
         return
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     write_datadecide(CACHE, layouts=("raw",))
-    print(f"generated the full-scale raw exports in {time.perf_counter() - start:.1f} s")
+    print(
+        f"generated the full-scale raw exports in {time.perf_counter() - start:.1f} s wall, "
+        f"{time.process_time() - cpu:.1f} s CPU"
+    )
 
 
 def main() -> None:
@@ -54,13 +61,17 @@ def main() -> None:
     for name in (DOWNSTREAM_FILE, PPL_FILE):
         path = folder / name
         print(f"{name}: {pq.ParquetFile(path).metadata.num_rows:,} rows, {path.stat().st_size / 2**20:,.0f} MiB")
+    load = os.getloadavg()[0]
     output = subprocess.run([sys.executable, "-c", _READ, str(CACHE)], check=True, capture_output=True, text=True)
     result = json.loads(output.stdout)
     print(
-        f"read_datadecide: {result['seconds']:.1f} s (target < {TARGET_SECONDS:.0f} s), peak RSS "
-        f"{result['peak_bytes'] / 2**30:.2f} GiB (target < {TARGET_BYTES / 2**30:.0f} GiB); table "
-        f"{result['rows']:,} rows × {result['columns']:,} columns, {result['skipped']} skipped"
+        f"read_datadecide: {result['seconds']:.1f} s wall (target < {TARGET_SECONDS:.0f} s), "
+        f"{result['cpu_seconds']:.1f} s CPU on {os.cpu_count()} cores (load average {load:.1f} before the run), "
+        f"peak RSS {result['peak_bytes'] / 2**30:.2f} GiB (target < {TARGET_BYTES / 2**30:.0f} GiB)"
     )
+    print(f"table: {result['rows']:,} rows × {result['columns']:,} columns, {result['skipped']} skipped")
+    met = result["seconds"] < TARGET_SECONDS and result["peak_bytes"] < TARGET_BYTES
+    print("targets met" if met else "targets MISSED")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ddxr.errors import SourceError
+from ddxr.sources import datadecide
 from ddxr.sources.datadecide import (
     DROPPED_METRIC_KEYS,
     METRIC_COLUMNS,
@@ -182,6 +183,11 @@ def test_raw_table_content(exports: SimpleNamespace) -> None:
     )
 
 
+def test_batches_on_threads_give_the_same_table(exports: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datadecide, "_CHUNK_ROWS", 997)  # ≈20 batches, parsed on worker threads
+    pd.testing.assert_frame_equal(read_datadecide(exports.root / "raw").table, exports.table)
+
+
 def test_raw_ppl_only_checkpoints_are_kept(exports: SimpleNamespace) -> None:
     extra = exports.table[(exports.table["params"] == "4M") & (exports.table["step"] == 5735)]
     assert len(extra) == len(RECIPES_USED) * 3
@@ -303,6 +309,16 @@ def test_parser_counts_unparseable_cells(good: list, bad: list[str], where) -> N
     assert values.iloc[bad_rows].isna().all().all()
 
 
+def test_parser_follows_python_number_syntax() -> None:
+    texts = ["{'a': 0, 'b': 10, 'c': 00.5, 'd': 1.e5, 'e': -0.0}", "{'a': 007}", "{'a': .5, 'b': 1_000, 'c': 1E3}"]
+    strict = pc.match_substring_regex(pa.array(texts), STRICT_DICT).to_pylist()
+    assert strict == [True, False, False]
+    values, problems = parse_metrics(texts)
+    assert values.loc[0, ["a", "b", "c", "d", "e"]].tolist() == [0.0, 10.0, 0.5, 1e5, 0.0]
+    assert problems["row"].tolist() == [1] and "is not a Python dict literal" in problems.loc[0, "reason"]
+    assert values.loc[2, ["a", "b", "c"]].tolist() == [0.5, 1000.0, 1000.0]
+
+
 def test_parser_special_values() -> None:
     values, problems = parse_metrics(
         [
@@ -325,7 +341,10 @@ def test_parser_special_values() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_bad_cells_are_counted_skips(small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path) -> None:
+def test_bad_cells_are_counted_skips(
+    small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datadecide, "_CHUNK_ROWS", 4)  # the bad rows fall in different batches
     downstream, ppl = (frame.copy() for frame in small_raw)
     clean = read_datadecide(write_raw(tmp_path / "clean", downstream, ppl)).table
     downstream["metrics"] = downstream["metrics"].astype(object)
@@ -373,6 +392,13 @@ def test_unknown_full_eval_columns_are_skips(exports: SimpleNamespace) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_unreadable_parquet(small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path) -> None:
+    write_raw(tmp_path, *small_raw)
+    (tmp_path / "datadecide" / "ppl_eval.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match=r"ppl_eval\.parquet: unreadable parquet file .*; re-download or regenerate"):
+        read_datadecide(tmp_path)
 
 
 def test_missing_files(tmp_path: Path) -> None:

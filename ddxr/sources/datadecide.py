@@ -20,7 +20,10 @@ import ast
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,7 @@ _FULL_EVAL_EXTRAS = frozenset(
 _RAW_IGNORED = frozenset(("chinchilla", "__index_level_0__", "tokens", "compute"))
 
 _CHUNK_ROWS = 20_000  # dict-strings parsed per batch: keeps temporaries small enough for the allocator to reuse
+_PARSE_THREADS = 4
 _Skip = tuple[str, Any, str, str]  # a skipped row, cell or column: source, row, column, reason
 _STEP_BITS = 32  # checkpoint key = (((params * 32 + data) * 8 + seed) << 32) | step; sorts like the output
 
@@ -383,6 +387,29 @@ def _locate_files(path: Path, mean: bool) -> dict[str, Path]:
     )
 
 
+@contextmanager
+def _parquet_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, pa.ArrowException) as error:
+        raise SourceError(f"{path}: unreadable parquet file ({error}); re-download or regenerate it") from error
+
+
+def _parquet_names(path: Path) -> list[str]:
+    with _parquet_errors(path):
+        return pq.read_schema(path).names
+
+
+def _parquet_frame(path: Path, columns: Sequence[str], **options: Any) -> pd.DataFrame:
+    with _parquet_errors(path):
+        return pq.read_table(path, columns=list(columns), **options).to_pandas()
+
+
+def _parquet_batches(path: Path, column: str) -> Iterator[pa.RecordBatch]:
+    with _parquet_errors(path):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_CHUNK_ROWS, columns=[column])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The intermediate wide form shared by all inputs
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,7 +419,12 @@ _CANONICAL_TASK_METRICS = frozenset(FULL_EVAL_TASK_METRICS)
 #: boolq and winogrande), which the output keeps only when they hold values.
 _COLUMNS = (
     *METRIC_COLUMNS,
-    *(metric_variable(t, m) for t in TASKS for m in METRICS if (t, m) not in _CANONICAL_TASK_METRICS),
+    *(
+        metric_variable(task, metric)
+        for task in TASKS
+        for metric in METRICS
+        if (task, metric) not in _CANONICAL_TASK_METRICS
+    ),
 )
 _COLUMN = {name: position for position, name in enumerate(_COLUMNS)}
 #: Position in :data:`_COLUMNS` of every (task, metric): one row per task of :data:`TASKS`, one column per metric.
@@ -493,14 +525,18 @@ def _require(columns: Iterable[str], required: Sequence[str], source: str, layou
         )
 
 
+def _positions(values: pd.Series, labels: Sequence[str | None]) -> np.ndarray:
+    """Position of every value in ``labels``, -1 for missing or other values."""
+    index = pd.Index(labels, dtype=object)
+    if isinstance(values.dtype, pd.CategoricalDtype):  # parquet dictionary columns: look up the few categories only
+        mapping = np.append(index.get_indexer(values.cat.categories.astype(object)), -1)
+        return mapping[values.cat.codes.to_numpy()].astype(np.int64)
+    return index.get_indexer(values.astype(object)).astype(np.int64)
+
+
 def _label_codes(values: pd.Series, labels: Sequence[str], source: str, what: str) -> np.ndarray:
     """Positions of string labels in ``labels``; -1 where missing. Unknown labels raise, naming the first row."""
-    index = pd.Index(labels, dtype=object)
-    if isinstance(values.dtype, pd.CategoricalDtype):  # parquet dictionary columns: map the few categories only
-        mapping = np.append(index.get_indexer(values.cat.categories.astype(object)), -1)
-        codes = mapping[values.cat.codes.to_numpy()]
-    else:
-        codes = index.get_indexer(values.astype(object))
+    codes = _positions(values, labels)
     unknown = (codes < 0) & values.notna().to_numpy()
     if unknown.any():
         found = pd.unique(values[unknown].astype(str))
@@ -510,7 +546,7 @@ def _label_codes(values: pd.Series, labels: Sequence[str], source: str, what: st
             f"{' …' if len(found) > 5 else ''} ({int(unknown.sum())} rows); expected one of the {len(labels)} "
             f"DataDecide {what}s ({', '.join(map(repr, labels[:4]))}, …; see ddxr.vocabulary) — fix or drop those rows"
         )
-    return codes.astype(np.int64)
+    return codes
 
 
 def _integers(values: pd.Series, source: str, low: int, high: int) -> np.ndarray:
@@ -626,7 +662,7 @@ def _read_raw(downstream_path: Path, ppl_path: Path) -> _Wide:
 def _read_ppl(path: Path) -> tuple[np.ndarray, np.ndarray, list[int], list[_Skip]]:
     """Perplexity export: unique checkpoint keys, their values, the values' columns in :data:`_COLUMNS`, skips."""
     source = str(path)
-    names = pq.read_schema(path).names
+    names = _parquet_names(path)
     _require(names, ("params", "data", "seed", "step"), source, "allenai/DataDecide-ppl-results")
     sets, skipped = {}, []
     for name in names:
@@ -635,7 +671,7 @@ def _read_ppl(path: Path) -> tuple[np.ndarray, np.ndarray, list[int], list[_Skip
             sets[name] = _COLUMN[ppl_variable(match["set"])]
         elif name not in ("params", "data", "seed", "step", *_RAW_IGNORED):
             skipped.append((source, "all", name, "not a DataDecide perplexity column: ignored"))
-    frame = pq.read_table(path, columns=["params", "data", "seed", "step", *sets]).to_pandas()
+    frame = _parquet_frame(path, ["params", "data", "seed", "step", *sets])
     keys, complete, key_skips = _checkpoint_keys(frame, source, seed_names=True, has_seed=True)
     values, cell_skips = _float_matrix(frame, list(sets), source)
     rows = np.flatnonzero(complete)
@@ -649,12 +685,12 @@ def _read_downstream_keys(path: Path) -> dict[str, Any]:
     ``checkpoint`` is 0 for rows to read and -1 for rows skipped (missing key, unknown task).
     """
     source = str(path)
-    names = pq.read_schema(path).names
+    names = _parquet_names(path)
     required = ("params", "data", "task", "step", "seed", "metrics")
     _require(names, required, source, "allenai/DataDecide-eval-results")
     optional = [name for name in ("tokens", "compute") if name in names]
     columns = [name for name in required if name != "metrics"] + optional
-    frame = pq.read_table(path, columns=columns, read_dictionary=["params", "data", "task", "seed"]).to_pandas()
+    frame = _parquet_frame(path, columns, read_dictionary=["params", "data", "task", "seed"])
     keys, complete, key_skips = _checkpoint_keys(frame, source, seed_names=True, has_seed=True)
     task = _task_codes(frame["task"])
     unknown_task = [
@@ -679,11 +715,7 @@ def _read_downstream_keys(path: Path) -> dict[str, Any]:
 def _task_codes(tasks: pd.Series) -> np.ndarray:
     """Positions in :data:`TASKS` of raw task names; -1 for unknown or missing tasks, and for ``mmlu_average``
     (derived, never a raw row)."""
-    raw = pd.Index([task if task != "mmlu_average" else None for task in TASKS], dtype=object)
-    if isinstance(tasks.dtype, pd.CategoricalDtype):
-        mapping = np.append(raw.get_indexer(tasks.cat.categories.astype(object)), -1)
-        return mapping[tasks.cat.codes.to_numpy()].astype(np.int64)
-    return raw.get_indexer(tasks.astype(object)).astype(np.int64)
+    return _positions(tasks, [task if task != "mmlu_average" else None for task in TASKS])
 
 
 def _fill_metrics(metrics: np.ndarray, checkpoint: np.ndarray, task: np.ndarray, path: Path) -> list[_Skip]:
@@ -702,10 +734,7 @@ def _fill_metrics(metrics: np.ndarray, checkpoint: np.ndarray, task: np.ndarray,
     flat = metrics.reshape(-1)  # a view: one 1-D scatter per batch
     skipped: list[_Skip] = []
     unknown: dict[str, int] = {}
-    start = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_CHUNK_ROWS, columns=["metrics"]):
-        parsed = _parse_dicts(batch.column(0), start)
-        start += batch.num_rows
+    for parsed in _parsed_batches(path):
         skipped.extend((source, row, "metrics", reason) for row, reason in parsed.problems)
         for code, key in enumerate(parsed.keys):
             if key not in metric_index and key not in DROPPED_METRIC_KEYS:
@@ -724,15 +753,34 @@ def _fill_metrics(metrics: np.ndarray, checkpoint: np.ndarray, task: np.ndarray,
     return skipped
 
 
+def _parsed_batches(path: Path) -> Iterator[_ParsedDicts]:
+    """The ``metrics`` column parsed batch by batch, in file order.
+
+    Batches are parsed on worker threads (Arrow and NumPy release the GIL), at most one per worker ahead of the
+    consumer, so memory stays bounded by a few batches.
+    """
+    workers = min(_PARSE_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[_ParsedDicts]] = deque()
+        start = 0
+        for batch in _parquet_batches(path, "metrics"):
+            pending.append(pool.submit(_parse_dicts, batch.column(0), start))
+            start += batch.num_rows
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # datadec full_eval / mean_eval
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _read_full_eval_file(path: Path, mean: bool) -> _Wide:
-    names = pq.read_schema(path).names
+    names = _parquet_names(path)
     wanted = [name for name in names if name in ("params", "data", "seed", "step") or _full_eval_variable(name)]
-    frame = pq.read_table(path, columns=wanted).to_pandas()
+    frame = _parquet_frame(path, wanted)
     return _read_full_eval(frame, str(path), mean, ignored=[name for name in names if name not in wanted])
 
 
@@ -800,7 +848,9 @@ def _check_mmlu_average(
 # ---------------------------------------------------------------------------------------------------------------
 
 _KEY = r"'[A-Za-z_][A-Za-z0-9_]*'"
-_VALUE = r"(?:-?(?:[0-9]+(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?|inf|nan)|None|True|False)"
+# Python's number literals as repr writes them: integers without leading zeros, floats with a point or an exponent.
+_NUMBER = r"(?:0+|[1-9][0-9]*|[0-9]+\.[0-9]*(?:e[-+]?[0-9]+)?|[0-9]+e[-+]?[0-9]+|inf|nan)"
+_VALUE = rf"(?:-?{_NUMBER}|None|True|False)"
 #: The strict grammar of the fast path: Python's repr of a dict of identifier keys and plain numbers.
 STRICT_DICT = rf"^\{{(?:{_KEY}: {_VALUE}(?:, {_KEY}: {_VALUE})*)?\}}$"
 _QUOTE, _NONE, _TRUE, _FALSE = (ord(character) for character in "'NTF")
@@ -891,8 +941,7 @@ def _rows_with_repeated_keys(parsed: _ParsedDicts, n_rows: int) -> np.ndarray:
 def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDicts:
     """The slow path: one safe literal parse per cell, for the few cells outside the strict grammar."""
     keys: dict[str, int] = {}
-    triplets: list[tuple[int, int, float]] = []
-    problems = []
+    found_rows, found_codes, found_values, problems = [], [], [], []
     for row, text in zip(rows.tolist(), texts, strict=True):
         try:
             values, bad = _literal_metrics(text)
@@ -900,10 +949,16 @@ def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDic
             problems.append((row, f"unparseable metrics cell ({error}): row skipped"))
             continue
         problems.extend((row, reason) for reason in bad)
-        triplets.extend((row, keys.setdefault(key, len(keys)), value) for key, value in values.items())
-    rows_, codes, values_ = (np.array(column) for column in zip(*triplets, strict=True)) if triplets else ([],) * 3
+        for key, value in values.items():
+            found_rows.append(row)
+            found_codes.append(keys.setdefault(key, len(keys)))
+            found_values.append(value)
     return _ParsedDicts(
-        np.asarray(rows_, np.int64), list(keys), np.asarray(codes, np.int64), np.asarray(values_, np.float64), problems
+        np.array(found_rows, np.int64),
+        list(keys),
+        np.array(found_codes, np.int64),
+        np.array(found_values, np.float64),
+        problems,
     )
 
 
@@ -939,7 +994,7 @@ def _literal_metrics(text: str | None) -> tuple[dict[str, float], list[str]]:
             except OverflowError:
                 problems.append(f"value of {key!r} is too large for a float: left NaN")
         else:
-            problems.append(f"value of {key!r} is {value!r}, not a number: left NaN")
+            problems.append(f"value of {key!r} is {repr(value)[:60]}, not a number: left NaN")
     return values, problems
 
 

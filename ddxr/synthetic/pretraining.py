@@ -68,7 +68,7 @@ SEED_NOISE = 0.005  # sd of the primary-score noise between seeds and checkpoint
 PPL_NOISE = 0.01  # sd of the log-perplexity noise
 PPL_ONLY_STEP_AFTER_FINAL = 10  # 4M has a perplexity-only row 10 steps after its final checkpoint (5,735)
 ROW_GROUP_ROWS = 100_000  # parquet row groups of ≈140 MB of dict texts, so readers can stream them
-_SEED_LABELS = {code: name for name, code in SEED_NAMES.items()}
+_SEED_LABELS = tuple(sorted(SEED_NAMES, key=SEED_NAMES.get))  # raw seed names, by ddxr seed
 _KEYS = ["params", "data", "seed", "step"]
 _LAYOUTS = ("raw", "full_eval")
 
@@ -266,58 +266,61 @@ def _generate_tables(
     return downstream, _ppl_table(_checkpoints(params, data, ppl_only=True), ppl_noise)
 
 
-def _labels(checkpoints: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(PARAMS)[checkpoints["size"]], np.asarray(DATA)[checkpoints["recipe"]]
+def _labelled(codes: np.ndarray | pd.Series, labels: Sequence[str]) -> pa.Array:
+    """String column from vocabulary positions, built by Arrow rather than from Python objects per row."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()), pa.array(labels)).cast(pa.string())
+
+
+def _key_columns(checkpoints: pd.DataFrame) -> dict[str, pa.Array]:
+    """``params``, ``data``, ``seed`` (as names) and ``step`` of every checkpoint."""
+    return {
+        "params": _labelled(checkpoints["size"], PARAMS),
+        "data": _labelled(checkpoints["recipe"], DATA),
+        "seed": _labelled(checkpoints["seed"], _SEED_LABELS),
+        "step": pa.array(checkpoints["step"]),
+    }
+
+
+def _tokens_compute(checkpoints: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    params = np.asarray(PARAMS)[checkpoints["size"]]
+    tokens = tokens_at(params, checkpoints["step"].to_numpy())
+    return tokens, compute_at(params, tokens)
+
+
+def _grid(checkpoints: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """Index of every checkpoint into the noise grid."""
+    return tuple(checkpoints[["size", "recipe", "seed", "checkpoint"]].to_numpy().T)
 
 
 def _downstream_table(checkpoints: pd.DataFrame, task_codes: list[int], noise: np.ndarray) -> pa.Table:
-    params, data = _labels(checkpoints)
-    tokens = tokens_at(params, checkpoints["step"].to_numpy())
-    compute = compute_at(params, tokens)
-    tasks = [RAW_TASKS[code] for code in task_codes]
-    clean = np.column_stack([primary_score(task, compute, data) for task in tasks])
-    grid = checkpoints[["size", "recipe", "seed", "checkpoint"]].to_numpy().T
-    primary = np.clip(clean + SEED_NOISE * noise[(*grid, slice(None))][:, task_codes], 0.0, 1.0)
-    row_checkpoint = np.repeat(np.arange(len(checkpoints)), len(tasks))  # checkpoint-major, task-minor
-    row_task = np.tile(np.asarray(task_codes), len(checkpoints))
-    small = (SIZES["batch_size"].to_numpy() == 32)[checkpoints["size"].to_numpy()][row_checkpoint]
-    columns = {
-        "params": _dictionary(checkpoints["size"].to_numpy()[row_checkpoint], PARAMS),
-        "data": _dictionary(checkpoints["recipe"].to_numpy()[row_checkpoint], DATA),
-        "task": _dictionary(row_task, RAW_TASKS),
-        "step": pa.array(checkpoints["step"].to_numpy()[row_checkpoint]),
-        "seed": _dictionary(checkpoints["seed"].to_numpy()[row_checkpoint], [_SEED_LABELS[s] for s in range(5)]),
-        "tokens": pa.array(tokens[row_checkpoint]),
-        "compute": pa.array(compute[row_checkpoint]),
-        "chinchilla": pa.array((tokens / (20.0 * SIZES["params_numeric"].to_numpy()[grid[0]]))[row_checkpoint]),
-        "metrics": _dict_texts(*_metric_values(primary.ravel(), row_task, small)),
-    }
-    return pa.table(columns)
+    data = np.asarray(DATA)[checkpoints["recipe"]]
+    tokens, compute = _tokens_compute(checkpoints)
+    clean = np.column_stack([primary_score(RAW_TASKS[code], compute, data) for code in task_codes])
+    primary = np.clip(clean + SEED_NOISE * noise[_grid(checkpoints)][:, task_codes], 0.0, 1.0)
+    chinchilla = tokens / (20.0 * SIZES["params_numeric"].to_numpy()[checkpoints["size"]])
+    per_checkpoint = pa.table(
+        {**_key_columns(checkpoints), "tokens": tokens, "compute": compute, "chinchilla": chinchilla}
+    )
+    rows = per_checkpoint.take(np.repeat(np.arange(len(checkpoints)), len(task_codes)))  # checkpoint-major
+    task = np.tile(np.asarray(task_codes), len(checkpoints))
+    small = (SIZES["batch_size"].to_numpy() == 32)[checkpoints["size"]].repeat(len(task_codes))
+    rows = rows.append_column("task", _labelled(task, RAW_TASKS))
+    rows = rows.append_column("metrics", _dict_texts(*_metric_values(primary.ravel(), task, small)))
+    return rows.select(["params", "data", "task", "step", "seed", "tokens", "compute", "chinchilla", "metrics"])
 
 
 def _ppl_table(checkpoints: pd.DataFrame, noise: np.ndarray) -> pa.Table:
-    params, data = _labels(checkpoints)
-    step = checkpoints["step"].to_numpy()
-    compute = compute_at(params, tokens_at(params, step))
-    grid = checkpoints[["size", "recipe", "seed", "checkpoint"]].to_numpy().T
+    data, step = np.asarray(DATA)[checkpoints["recipe"]], checkpoints["step"].to_numpy()
+    _, compute = _tokens_compute(checkpoints)
     # No perplexity before training, nor at 150M/C4 step 1250 (as in the real data).
-    unmeasured = (step == 0) | ((params == "150M") & (data == "C4") & (step == 1250))
-    columns = {
-        "params": _dictionary(checkpoints["size"].to_numpy(), PARAMS),
-        "data": _dictionary(checkpoints["recipe"].to_numpy(), DATA),
-        "seed": _dictionary(checkpoints["seed"].to_numpy(), [_SEED_LABELS[s] for s in range(5)]),
-        "step": pa.array(step),
-    }
+    at_150m_c4 = (np.asarray(PARAMS)[checkpoints["size"]] == "150M") & (data == "C4") & (step == 1250)
+    unmeasured = (step == 0) | at_150m_c4
+    columns = _key_columns(checkpoints)
     for position, ppl_set in enumerate(PPL_SETS):
-        values = perplexity(ppl_set, compute, data) * np.exp(PPL_NOISE * noise[(*grid, position)])
+        values = perplexity(ppl_set, compute, data) * np.exp(PPL_NOISE * noise[(*_grid(checkpoints), position)])
         columns[f"eval/{ppl_set}-validation/Perplexity"] = pa.array(np.where(unmeasured, np.nan, values))
     columns["__index_level_0__"] = pa.array(np.arange(len(checkpoints)))
     return pa.table(columns)
-
-
-def _dictionary(codes: np.ndarray, labels: Sequence[str]) -> pa.Array:
-    """Plain string column from vocabulary positions, built without Python objects per row."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()), pa.array(labels)).cast(pa.string())
 
 
 def _metric_values(
