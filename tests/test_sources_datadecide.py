@@ -369,6 +369,29 @@ def test_bad_cells_are_counted_skips(
     assert changed.sum() == 3
 
 
+def test_ppl_bad_cells_missing_keys_and_extra_columns(
+    small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    downstream, ppl = small_raw
+    pile = ppl["eval/pile-validation/Perplexity"].astype(str).replace("nan", None)  # a text column, as some tools write
+    ppl = ppl.astype({"step": float}).assign(
+        **{"eval/pile-validation/Perplexity": pile, "eval/new_set-validation/Perplexity": 1.0}
+    )
+    ppl.loc[2, "eval/pile-validation/Perplexity"] = "n/a"
+    ppl.loc[6, "step"] = np.nan  # the perplexity-only checkpoint of seed 0 loses its step
+    evals = read_datadecide(write_raw(tmp_path, downstream, ppl))
+    source = str(tmp_path / "datadecide" / "ppl_eval.parquet")
+    assert evals.skipped.values.tolist() == [
+        [source, "all", "eval/new_set-validation/Perplexity", "not a DataDecide perplexity column: ignored"],
+        [source, 6, "step", "missing step: row skipped"],
+        [source, 2, "eval/pile-validation/Perplexity", "'n/a' is not a number: left NaN"],
+    ]
+    seed0 = evals.table[evals.table["seed"] == 0].set_index("step")
+    assert 5735 not in seed0.index and np.isnan(seed0.loc[2500, "pile_valppl"])
+    assert seed0.loc[2500, "c4_en_valppl"] == ppl.loc[2, "eval/c4_en-validation/Perplexity"]
+    assert seed0.loc[1250, "pile_valppl"] == small_raw[1].loc[1, "eval/pile-validation/Perplexity"]  # text → float
+
+
 def test_identical_duplicates_are_skipped(small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path) -> None:
     downstream, ppl = small_raw
     evals = read_datadecide(
@@ -379,6 +402,7 @@ def test_identical_duplicates_are_skipped(small_raw: tuple[pd.DataFrame, pd.Data
         "duplicate of row 4 with identical values",
     ]
     assert sorted(evals.skipped["row"]) == [len(ppl), len(downstream)]
+    assert sorted(evals.skipped["column"]) == ["params, data, seed, step", "params, data, seed, step, task"]
     pd.testing.assert_frame_equal(evals.table, read_datadecide(write_raw(tmp_path / "once", downstream, ppl)).table)
 
 
@@ -444,7 +468,9 @@ def test_differing_duplicates_raise(small_raw: tuple[pd.DataFrame, pd.DataFrame]
     twin = downstream.iloc[[4]].assign(metrics="{'acc_raw': 0.99, 'primary_metric': 0.99}")
     write_raw(tmp_path, pd.concat([downstream, twin], ignore_index=True), ppl)
     pattern = rf"downstream_eval\.parquet, rows 4 and {len(downstream)}: two rows for the same checkpoint and task"
-    with pytest.raises(SourceError, match=pattern + r" .*with different values"):
+    with pytest.raises(
+        SourceError, match=pattern + r" \(task 'hellaswag' at 4M/Dolma1\.7/seed 0/step 2500\) with diff"
+    ):
         read_datadecide(tmp_path)
     full_eval = to_full_eval(downstream, ppl)
     twin = full_eval.iloc[[1]].assign(hellaswag_acc_raw=0.5)

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,7 +119,7 @@ _FULL_EVAL_EXTRAS = frozenset(
 _RAW_IGNORED = frozenset(("chinchilla", "__index_level_0__", "tokens", "compute"))
 
 _CHUNK_ROWS = 20_000  # dict-strings parsed per batch: keeps temporaries small enough for the allocator to reuse
-_PARSE_THREADS = 4
+_PARSE_THREADS = 4  # workers parsing metrics batches at once (at most one per core)
 _Skip = tuple[str, Any, str, str]  # a skipped row, cell or column: source, row, column, reason
 _STEP_BITS = 32  # checkpoint key = (((params * 32 + data) * 8 + seed) << 32) | step; sorts like the output
 
@@ -430,6 +430,7 @@ _COLUMN = {name: position for position, name in enumerate(_COLUMNS)}
 #: Position in :data:`_COLUMNS` of every (task, metric): one row per task of :data:`TASKS`, one column per metric.
 _TASK_METRIC_COLUMN = np.array([[_COLUMN[metric_variable(task, metric)] for metric in METRICS] for task in TASKS])
 _SCHEDULE = ("tokens", "compute", "lr_at_step")
+_KEYS = ("params", "data", "seed", "step")
 
 
 @dataclass
@@ -589,11 +590,16 @@ def _checkpoint_keys(
 
 
 def _deduplicate(
-    keys: np.ndarray, values: np.ndarray, rows: np.ndarray, source: str, what: str
+    keys: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    source: str,
+    key_columns: Sequence[str],
+    describe: Callable[[int], str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[_Skip]]:
     """Sorted unique keys and their values; identical repeats are listed as skips, differing repeats raise.
 
-    ``rows`` are the source row numbers of ``keys``, for the messages.
+    ``rows`` are the source row numbers of ``keys`` and ``describe(i)`` names the key of ``keys[i]``, for messages.
     """
     if np.all(keys[1:] > keys[:-1]):
         return keys, values, []
@@ -602,17 +608,23 @@ def _deduplicate(
         return unique, values[first], []
     reference = values[first[inverse]]
     differs = ~((reference == values) | (np.isnan(reference) & np.isnan(values))).all(axis=1)
+    what = "checkpoint and task" if "task" in key_columns else "checkpoint"
     if differs.any():
         row = int(np.flatnonzero(differs)[0])
+        named = describe(row) if describe else _describe_key(keys[row])
         raise SourceError(
             f"{source}, rows {int(rows[first[inverse[row]]])} and {int(rows[row])}: two rows for the same {what} "
-            f"({_describe_key(keys[row]) if what == 'checkpoint' else 'see the rows'}) with different values; "
-            f"expected one row per {what} — remove one of them (or the stale export) and read again"
+            f"({named}) with different values; expected one row per {', '.join(key_columns)} — remove one of them "
+            f"(or the stale export) and read again"
         )
-    repeats = np.setdiff1d(np.arange(len(keys)), first)
     skipped = [
-        (source, int(rows[row]), what, f"duplicate of row {int(rows[first[inverse[row]]])} with identical values")
-        for row in repeats
+        (
+            source,
+            int(rows[row]),
+            ", ".join(key_columns),
+            f"duplicate of row {int(rows[first[inverse[row]]])} with identical values",
+        )
+        for row in np.setdiff1d(np.arange(len(keys)), first)
     ]
     return unique, values[first], skipped
 
@@ -644,12 +656,12 @@ def _read_raw(downstream_path: Path, ppl_path: Path) -> _Wide:
     """Outer merge of the two exports: perplexity-only and downstream-only checkpoints exist."""
     ppl_keys, ppl_values, ppl_columns, ppl_skips = _read_ppl(ppl_path)
     rows = _read_downstream_keys(downstream_path)
-    usable = rows["checkpoint"] >= 0
+    usable = rows["usable"]
     keys = np.union1d(rows["keys"][usable], ppl_keys)
     metrics = np.full((len(keys), len(_COLUMNS)), np.nan)
     metrics[np.searchsorted(keys, ppl_keys)[:, None], ppl_columns] = ppl_values
     checkpoint = np.where(usable, np.searchsorted(keys, rows["keys"]), -1)
-    metric_skips = _fill_metrics(metrics, checkpoint, rows["task"], downstream_path)
+    metric_skips = _fill_metrics(metrics, keys, checkpoint, rows["task"], downstream_path)
     for metric, mean in _mmlu_average(metrics, np.ones(len(_COLUMNS), bool)).items():
         metrics[:, _MMLU_AVERAGE_COLUMN[metric]] = mean
     schedule = np.full((len(keys), len(_SCHEDULE)), np.nan)
@@ -663,26 +675,26 @@ def _read_ppl(path: Path) -> tuple[np.ndarray, np.ndarray, list[int], list[_Skip
     """Perplexity export: unique checkpoint keys, their values, the values' columns in :data:`_COLUMNS`, skips."""
     source = str(path)
     names = _parquet_names(path)
-    _require(names, ("params", "data", "seed", "step"), source, "allenai/DataDecide-ppl-results")
+    _require(names, _KEYS, source, "allenai/DataDecide-ppl-results")
     sets, skipped = {}, []
     for name in names:
         match = _RAW_PPL_COLUMN.fullmatch(name)
         if match and match["set"] in PPL_SETS:
             sets[name] = _COLUMN[ppl_variable(match["set"])]
-        elif name not in ("params", "data", "seed", "step", *_RAW_IGNORED):
+        elif name not in (*_KEYS, *_RAW_IGNORED):
             skipped.append((source, "all", name, "not a DataDecide perplexity column: ignored"))
-    frame = _parquet_frame(path, ["params", "data", "seed", "step", *sets])
+    frame = _parquet_frame(path, [*_KEYS, *sets])
     keys, complete, key_skips = _checkpoint_keys(frame, source, seed_names=True, has_seed=True)
     values, cell_skips = _float_matrix(frame, list(sets), source)
     rows = np.flatnonzero(complete)
-    keys, values, duplicates = _deduplicate(keys[rows], values[rows], rows, source, "checkpoint")
+    keys, values, duplicates = _deduplicate(keys[rows], values[rows], rows, source, _KEYS)
     return keys, values, list(sets.values()), [*skipped, *key_skips, *cell_skips, *duplicates]
 
 
 def _read_downstream_keys(path: Path) -> dict[str, Any]:
     """Every column of the eval export but ``metrics``: checkpoint keys, task positions, tokens, compute, skips.
 
-    ``checkpoint`` is 0 for rows to read and -1 for rows skipped (missing key, unknown task).
+    ``usable`` is False for rows skipped (missing key, unknown task).
     """
     source = str(path)
     names = _parquet_names(path)
@@ -705,7 +717,7 @@ def _read_downstream_keys(path: Path) -> dict[str, Any]:
     rows = {
         "keys": keys,
         "task": task,
-        "checkpoint": np.where(complete & (task >= 0), 0, -1),
+        "usable": complete & (task >= 0),
         "skipped": [*ignored, *key_skips, *unknown_task],
     }
     rows |= {name: frame[name].to_numpy(dtype=np.float64, na_value=np.nan) for name in optional}
@@ -718,8 +730,13 @@ def _task_codes(tasks: pd.Series) -> np.ndarray:
     return _positions(tasks, [task if task != "mmlu_average" else None for task in TASKS])
 
 
-def _fill_metrics(metrics: np.ndarray, checkpoint: np.ndarray, task: np.ndarray, path: Path) -> list[_Skip]:
+def _fill_metrics(
+    metrics: np.ndarray, keys: np.ndarray, checkpoint: np.ndarray, task: np.ndarray, path: Path
+) -> list[_Skip]:
     """Stream the ``metrics`` dicts batch by batch into ``metrics[checkpoint, column of (task, key)]``.
+
+    ``keys`` are the checkpoint keys of the rows of ``metrics``; ``checkpoint`` and ``task`` give every source
+    row's position in them and in :data:`TASKS` (-1: row skipped).
 
     Rows repeating a (checkpoint, task) are checked against each other after the stream.
     """
@@ -746,9 +763,16 @@ def _fill_metrics(metrics: np.ndarray, checkpoint: np.ndarray, task: np.ndarray,
         in_repeat = repeated[rows]
         repeated_values[np.searchsorted(repeated_rows, rows[in_repeat]), codes[in_repeat]] = values[in_repeat]
     reason = "unknown metric key {!r}: ignored (known keys: ddxr.vocabulary.METRICS)"
-    skipped.extend((source, f"{rows} rows", "metrics", reason.format(key)) for key, rows in sorted(unknown.items()))
+    skipped.extend((source, f"{count} rows", "metrics", reason.format(key)) for key, count in sorted(unknown.items()))
     if len(repeated_rows):
-        duplicates = _deduplicate(cell[repeated_rows], repeated_values, repeated_rows, source, "checkpoint and task")
+
+        def describe(position: int) -> str:
+            checkpoint_key, task_position = divmod(int(cell[repeated_rows[position]]), len(TASKS))
+            return f"task {TASKS[task_position]!r} at {_describe_key(keys[checkpoint_key])}"
+
+        duplicates = _deduplicate(
+            cell[repeated_rows], repeated_values, repeated_rows, source, [*_KEYS, "task"], describe
+        )
         skipped.extend(duplicates[2])
     return skipped
 
@@ -779,7 +803,7 @@ def _parsed_batches(path: Path) -> Iterator[_ParsedDicts]:
 
 def _read_full_eval_file(path: Path, mean: bool) -> _Wide:
     names = _parquet_names(path)
-    wanted = [name for name in names if name in ("params", "data", "seed", "step") or _full_eval_variable(name)]
+    wanted = [name for name in names if name in _KEYS or _full_eval_variable(name)]
     frame = _parquet_frame(path, wanted)
     return _read_full_eval(frame, str(path), mean, ignored=[name for name in names if name not in wanted])
 
@@ -799,7 +823,7 @@ def _full_eval_variable(name: str) -> str | None:
 
 def _read_full_eval(frame: pd.DataFrame, source: str, mean: bool, ignored: Sequence[str] = ()) -> _Wide:
     """Read a full_eval (or mean_eval) frame; ``ignored`` names columns already left out of ``frame``."""
-    keys = ("params", "data", "step") if mean else ("params", "data", "seed", "step")
+    keys = tuple(name for name in _KEYS if name != "seed" or not mean)
     layout = "datadec mean_eval" if mean else "datadec full_eval"
     _require(frame.columns, keys, source, layout, "" if mean else "pass mean=True for datadec's mean_eval")
     if mean and "seed" in frame.columns:
@@ -818,7 +842,7 @@ def _read_full_eval(frame: pd.DataFrame, source: str, mean: bool, ignored: Seque
     row_keys, complete, key_skips = _checkpoint_keys(frame, source, seed_names=False, has_seed=not mean)
     values, cell_skips = _float_matrix(frame, names, source)
     rows = np.flatnonzero(complete)
-    unique, values, duplicates = _deduplicate(row_keys[rows], values[rows], rows, source, "checkpoint")
+    unique, values, duplicates = _deduplicate(row_keys[rows], values[rows], rows, source, keys)
     schedule, metrics = values[:, : len(_SCHEDULE)], values[:, len(_SCHEDULE) :]
     present = np.asarray([name is not None for name in names[len(_SCHEDULE) :]])
     for metric, expected in _mmlu_average(metrics, present).items():
