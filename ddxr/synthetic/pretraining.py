@@ -170,7 +170,8 @@ def write_datadecide(
 ) -> Path:
     """Write generated DataDecide files to ``<data_dir>/datadecide/``.
 
-    Sizes are generated one at a time, so the full scale (≈1.41 M downstream rows) stays within a few GB of memory.
+    Sizes are generated one at a time, so the full scale (1,669,800 downstream rows on the checkpoint grid of
+    :func:`ddxr.synthetic.curves.checkpoint_steps`; the real export has 1,410,750) stays within a few GB of memory.
     Each file is written to a temporary name and renamed when complete.
 
     Parameters
