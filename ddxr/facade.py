@@ -29,7 +29,7 @@ from ddxr.managers.evaluations import EvaluationManager
 from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
-from ddxr.sources.wandb_store import WandBStore
+from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
 from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR
 
 #: Columns of the runs table carried into the runs Dataset besides the links.
@@ -129,6 +129,8 @@ class DataDecideNext:
         chunks = self.wandb.iter_history(run_ids, HISTORY_KEYS)
         bar = tqdm(chunks, desc="history chunks", unit="chunk", disable=not self.progress, leave=False)
         frames = list(bar)
+        # values that were neither numbers nor NaN became NaN: count them for the build report
+        self._history_coercions = sum((Counter(frame.attrs.get(COERCION_FAILURES, {})) for frame in frames), Counter())
         if frames:
             return pd.concat(frames, ignore_index=True)
         return self.wandb.read_history([], HISTORY_KEYS)
@@ -200,6 +202,7 @@ class DataDecideNext:
 
     def build_report(self) -> dict:
         """What the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
+        training = self.training  # reads the history, which counts its unreadable values
         links = self.relationships.links
         _, eval_issues = self._posttraining_evaluations
         eval_skips = eval_issues[eval_issues["skipped"]]
@@ -220,9 +223,10 @@ class DataDecideNext:
             "evaluations_skipped": len(eval_skips),
             "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
             "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
-            "progression": self.training.report.as_dict(),
-            "runs_skipped": len(self.training.report.skipped_runs),
-            "skipped_by_reason": _counts(pd.Series(self.training.report.skipped_runs, dtype=object)),
+            "history_values_not_numeric": dict(self._history_coercions),
+            "progression": training.report.as_dict(),
+            "runs_skipped": len(training.report.skipped_runs),
+            "skipped_by_reason": _counts(pd.Series(training.report.skipped_runs, dtype=object)),
         }
 
     def _provenance(self) -> dict:
