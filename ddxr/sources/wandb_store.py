@@ -576,7 +576,10 @@ def _run_rows(runs: pd.DataFrame) -> pa.Table:
             f"runs frame: column 'created_at' must hold datetimes or ISO text such as 2025-08-19T05:36:01Z ({error})"
         ) from None
     columns = {name: pa.array(runs[name].astype("str"), pa.string(), from_pandas=True) for name in RUN_TEXT_COLUMNS}
-    columns["created_at"] = pa.array(created_at.dt.tz_convert(None), pa.timestamp("us"), from_pandas=True)
+    # the databases keep microseconds: finer input is floored rather than refused
+    columns["created_at"] = pa.array(
+        created_at.dt.tz_convert(None).dt.floor("us"), pa.timestamp("us"), from_pandas=True
+    )
     for name in RUN_JSON_COLUMNS:
         cells = runs[name] if name in runs.columns else pd.Series(None, index=runs.index, dtype=object)
         columns[name] = pa.array(_json_texts(cells, run_ids, name), pa.string())

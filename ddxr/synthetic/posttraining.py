@@ -642,7 +642,7 @@ def _schedule_dpo(dpo: pd.DataFrame, sft: pd.DataFrame, n_runs: int) -> pd.DataF
     created = np.where(parent >= 0, np.maximum(slot.to_numpy(), ready), slot.to_numpy())
     # strictly increasing, so no two DPO names share a launch second
     created = np.maximum.accumulate(created) + pd.to_timedelta(np.arange(len(dpo)), unit="s").to_numpy()
-    dpo["created_at"] = created
+    dpo["created_at"] = pd.DatetimeIndex(created).ceil("s")  # W&B records whole seconds
     dpo["launched_at"] = dpo["created_at"] - _LAUNCH_OFFSET - pd.Timedelta(seconds=300)
     return dpo
 
