@@ -31,7 +31,7 @@ from xarray.indexes import PandasIndex, PandasMultiIndex
 
 import ddxr
 from ddxr.errors import BuildError, CacheError
-from ddxr.index import LEVELS, POINT_DIM, set_ddxr_index
+from ddxr.index import FLOAT_LEVELS, LEVELS, POINT_DIM, set_ddxr_index
 
 #: Version of the file layout; files written by a newer layout are refused.
 SCHEMA_VERSION: int = 1
@@ -41,7 +41,7 @@ ENGINE = "netcdf4"
 RUNS_GROUP = "runs"
 
 _COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
-_POINT_CHUNK = 1 << 15  # points per chunk: small enough that reading a sweep decompresses little
+_POINT_CHUNK = 1 << 14  # points per chunk: small enough that reading a sweep decompresses little
 _CATEGORIES_ATTR = "ddxr_categories"  # on a codes variable: the variable holding its distinct strings
 _JSON_ATTRS = "ddxr_json_attrs"  # names of the attributes stored as JSON text
 _INDEXES_ATTR = "ddxr_indexes"  # coordinates indexed without being dimension coordinates (runs: run_id along run)
@@ -241,38 +241,35 @@ def _checked_curves(curves: xr.Dataset) -> xr.Dataset:
             f"curves Dataset: expected a MultiIndex over {POINT_DIM!r} with levels {list(LEVELS)}, found "
             f"{type(index).__name__ if index is not None else 'no index'}; build it with ddxr.index.point_coordinates"
         )
-    missing_codes = {
-        name: int((np.asarray(codes) < 0).sum())
-        for name, codes in zip(index.index.names, index.index.codes, strict=True)
-    }
-    if any(missing_codes.values()):
-        found = ", ".join(f"{name}: {count}" for name, count in missing_codes.items() if count)
-        raise BuildError(
-            f"curves Dataset: index levels must not hold missing values, found {found}; use sentinels "
-            "(learning_rate 0.0 for pretraining-only lineages)"
-        )
     absent = [name for name in _UNIQUE_BY if name not in curves.coords]
     if absent:
         raise BuildError(f"curves Dataset: expected point coordinates {list(_UNIQUE_BY)}, missing {absent}")
+    curves = set_ddxr_index(curves.drop_encoding())  # refuses missing level values, drops unused ones
     _check_strings(curves, "curves")
     _check_unique(curves)
-    return set_ddxr_index(curves.drop_encoding())
+    return curves
 
 
 def _check_unique(curves: xr.Dataset) -> None:
-    keys = pd.DataFrame({name: curves[name].values for name in _UNIQUE_BY})
+    lineage = curves.xindexes[POINT_DIM].index.codes[LEVELS.index("lineage")]
+    # integer keys hash much faster than two million strings
+    keys = pd.DataFrame(
+        {"lineage": lineage, "run_id": pd.factorize(curves["run_id"].values)[0], "step": curves["step"].values}
+    )
     duplicated = keys.duplicated(keep=False).to_numpy()
     if duplicated.any():
-        examples = keys[duplicated].drop_duplicates().head(_SHOWN).itertuples(index=False, name=None)
+        shared = pd.DataFrame({name: curves[name].values[duplicated] for name in _UNIQUE_BY}).drop_duplicates()
         raise BuildError(
             f"curves Dataset: expected points unique by {_UNIQUE_BY}, found {int(duplicated.sum())} points sharing a "
-            f"key, e.g. {list(examples)}; drop or merge the duplicates before writing"
+            f"key, e.g. {list(shared.head(_SHOWN).itertuples(index=False, name=None))}; drop or merge the duplicates "
+            "before writing"
         )
 
 
 def _check_strings(ds: xr.Dataset, where: str) -> None:
     for name, variable in ds.variables.items():
-        if variable.dtype.kind in "OUT" and name not in ds.xindexes:
+        # MultiIndex levels are checked through their codes instead (set_ddxr_index)
+        if variable.dtype.kind in "OUT" and not isinstance(ds.xindexes.get(name), PandasMultiIndex):
             missing = int(pd.isna(np.asarray(variable.values).reshape(-1)).sum())
             if missing:
                 raise BuildError(
@@ -323,13 +320,13 @@ def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
 
 def _encode_attrs_of(ds: xr.Dataset) -> xr.Dataset:
     encoded = ds.copy()
-    encoded.attrs = _encode_attrs(ds.attrs)
-    for name, variable in ds.variables.items():
-        encoded[name].attrs = _encode_attrs(variable.attrs)
+    encoded.attrs = _encode_attrs(ds.attrs, "Dataset")
+    for name, variable in encoded.variables.items():
+        variable.attrs = _encode_attrs(variable.attrs, f"variable {name!r}")
     return encoded
 
 
-def _encode_attrs(attrs: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+def _encode_attrs(attrs: Mapping[Hashable, Any], owner: str) -> dict[Hashable, Any]:
     """netCDF keeps str, numbers and numeric arrays; anything else (dict, list, bool, None) goes as JSON text."""
 
     def native(value: Any) -> bool:
@@ -337,7 +334,10 @@ def _encode_attrs(attrs: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         return isinstance(value, str) or is_number or (isinstance(value, np.ndarray) and value.dtype.kind in "iuf")
 
     as_json = [key for key, value in attrs.items() if not native(value)]
-    encoded = {key: json.dumps(_jsonable(value, key)) if key in as_json else value for key, value in attrs.items()}
+    encoded = {
+        key: json.dumps(_jsonable(value, f"{owner} attribute {key!r}")) if key in as_json else value
+        for key, value in attrs.items()
+    }
     if as_json:
         encoded[_JSON_ATTRS] = json.dumps(as_json)
     return encoded
@@ -484,7 +484,8 @@ def _decode_point_index(raw: xr.Dataset) -> xr.Dataset:
     carries; here every coordinate is kept.
     """
     names = raw[POINT_DIM].attrs["compress"].split(" ")
-    levels = [pd.Index(raw[name].values, name=name) for name in names]
+    # netCDF cannot type an empty string variable: it comes back float64
+    levels = [pd.Index(raw[name].values, name=name, dtype=_level_dtype(name, raw[name].size)) for name in names]
     codes = np.unravel_index(np.asarray(raw[POINT_DIM].values), [len(level) for level in levels])
     index = pd.MultiIndex(levels=levels, codes=codes, names=names, verify_integrity=False)
     attrs = {name: raw[name].attrs for name in names}
@@ -494,6 +495,10 @@ def _decode_point_index(raw: xr.Dataset) -> xr.Dataset:
     for name in names:
         decoded[name].attrs = attrs[name]
     return decoded
+
+
+def _level_dtype(name: str, size: int) -> type | None:
+    return object if size == 0 and name not in FLOAT_LEVELS else None
 
 
 def _decode_indexes(ds: xr.Dataset) -> xr.Dataset:

@@ -18,6 +18,7 @@ from xarray.core.indexing import IndexSelResult
 from xarray.indexes import PandasMultiIndex
 
 from ddxr.errors import BuildError, SelectionError
+from ddxr.vocabulary import PRETRAINING_LEARNING_RATE
 
 #: The dimension every training point lies on.
 POINT_DIM = "point"
@@ -68,13 +69,6 @@ class DdxrIndex(PandasMultiIndex):
 
     __slots__ = ()
 
-    def __init__(self, array: Any, dim: Hashable, level_coords_dtype: Any = None) -> None:
-        super().__init__(array, dim, level_coords_dtype)
-        # invariant: every level value is carried by some point, so a label matching a level value matches a point
-        # (isel, concat and sel all build their result through here)
-        self.index = self.index.remove_unused_levels()
-        self.index.name = dim
-
     def sel(self, labels: dict[Any, Any], method: str | None = None, tolerance: Any = None) -> IndexSelResult:
         if not set(labels) <= set(self.index.names):  # labels for the `point` dimension itself: stock behaviour
             if method is not None or tolerance is not None:
@@ -82,10 +76,18 @@ class DdxrIndex(PandasMultiIndex):
             return super().sel(labels)
         return IndexSelResult({self.dim: np.flatnonzero(self.mask(labels, method=method, tolerance=tolerance))})
 
-    def mask(self, labels: Mapping[Hashable, Any], method: str | None = None, tolerance: Any = None) -> np.ndarray:
-        """Boolean mask over points of the points matching ``labels`` (level name → scalar, list or slice).
+    def isel(self, indexers: Mapping[Any, Any]) -> PandasMultiIndex | None:
+        new = super().isel(indexers)
+        if isinstance(new, PandasMultiIndex) and new is not self:
+            # a subset should not advertise level values that no point of it carries
+            return new._replace(_without_unused_levels(new.index))
+        return new
 
-        Matching runs on the (few) level values, then one gather through the level codes per level.
+    def mask(self, labels: Mapping[Hashable, Any], method: str | None = None, tolerance: Any = None) -> np.ndarray:
+        """Boolean mask with one entry per point: True where the point matches every label.
+
+        ``labels`` maps level names to a scalar, list or slice (see the class docstring). Matching runs on the (few)
+        level values, then one gather through the level codes per level.
         """
         unknown = [name for name in labels if name not in self.index.names]
         if unknown:
@@ -94,11 +96,14 @@ class DdxrIndex(PandasMultiIndex):
         mask = np.ones(len(self.index), dtype=bool)
         for name, label in labels.items():  # one pass per selected level, never per point
             position = self.index.names.index(name)
+            codes = self.index.codes[position]
             values = np.asarray(self.index.levels[position])
-            matched = match_values(
-                values, label, name=name, tolerant=name in FLOAT_LEVELS, method=method, tolerance=tolerance
+            present = np.bincount(codes, minlength=len(values)).astype(bool)  # concat/align may leave unused values
+            matched = np.zeros(len(values), dtype=bool)
+            matched[present] = match_values(
+                values[present], label, name=name, tolerant=name in FLOAT_LEVELS, method=method, tolerance=tolerance
             )
-            mask &= matched[self.index.codes[position]]
+            mask &= matched[codes]
         return mask
 
 
@@ -126,7 +131,7 @@ def point_coordinates(frame: pd.DataFrame) -> xr.Coordinates:
             f"point frame: expected level columns {list(LEVELS)}, missing {missing}; add them before assembling"
         )
     levels = frame[list(LEVELS)].astype(dict.fromkeys(FLOAT_LEVELS, "float64"))
-    _check_complete(levels, "point frame")
+    _check_complete(levels.isna().sum().to_dict(), "point frame")
     return xr.Coordinates.from_xindex(DdxrIndex(pd.MultiIndex.from_frame(levels), POINT_DIM))
 
 
@@ -157,6 +162,9 @@ def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
                 f"Dataset index {POINT_DIM!r}: expected levels {list(LEVELS)}, found {list(current.index.names)}"
             )
         index = current.index.reorder_levels(list(LEVELS))
+        _check_complete(
+            {name: int((codes < 0).sum()) for name, codes in zip(LEVELS, index.codes, strict=True)}, "Dataset"
+        )
         dtypes = {name: current.level_coords_dtype[name] for name in LEVELS}
         ds = ds.drop_indexes([POINT_DIM, *LEVELS])
     else:
@@ -167,12 +175,12 @@ def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
                 "build it with ddxr.index.point_coordinates"
             )
         levels = pd.DataFrame({name: ds[name].values for name in LEVELS})
-        _check_complete(levels, "Dataset")
+        _check_complete(levels.isna().sum().to_dict(), "Dataset")
         index = pd.MultiIndex.from_frame(levels)
         dtypes = {name: ds[name].dtype for name in LEVELS}
         if POINT_DIM in ds.xindexes:
             ds = ds.drop_indexes(POINT_DIM)
-    new = DdxrIndex(index, POINT_DIM, level_coords_dtype=dtypes)
+    new = DdxrIndex(_without_unused_levels(index), POINT_DIM, level_coords_dtype=dtypes)
     keep = {name: ds[name].variable for name in (POINT_DIM, *LEVELS) if name in ds.variables}  # attrs, encoding
     coords = xr.Coordinates(new.create_variables(keep), indexes=dict.fromkeys((POINT_DIM, *LEVELS), new))
     return ds.drop_vars([name for name in (POINT_DIM, *LEVELS) if name in ds.variables]).assign_coords(coords)
@@ -334,11 +342,11 @@ def _in_range(values: np.ndarray, label: slice, name: Hashable, tolerant: bool) 
     if label.step is not None:
         raise SelectionError(f"{name}={label!r}: slices select a closed range of values and take no step")
     low, high = label.start, label.stop
-    if tolerant:
-        low = None if low is None else low - RELATIVE_TOLERANCE * abs(low)
-        high = None if high is None else high + RELATIVE_TOLERANCE * abs(high)
     series = pd.Series(values)
     try:
+        if tolerant:  # widen the ends like scalar matches, so typed bounds include stored values
+            low = None if low is None else low - RELATIVE_TOLERANCE * abs(low)
+            high = None if high is None else high + RELATIVE_TOLERANCE * abs(high)
         inside = np.ones(len(values), dtype=bool)
         if low is not None:
             inside &= (series >= low).to_numpy()
@@ -369,11 +377,17 @@ def _check_method(method: str | None, tolerance: Any) -> None:
         raise SelectionError("tolerance= needs method='nearest'")
 
 
-def _check_complete(levels: pd.DataFrame, where: str) -> None:
-    counts = levels.isna().sum()
-    if counts.any():
-        found = ", ".join(f"{name}: {count}" for name, count in counts[counts > 0].items())
+def _check_complete(missing: Mapping[str, int], where: str) -> None:
+    """Refuse missing level values (``missing``: count per level): NaN breaks the encoding and ``.sel``."""
+    if any(missing.values()):
+        found = ", ".join(f"{name}: {count}" for name, count in missing.items() if count)
         raise BuildError(
             f"{where}: index levels must not hold missing values (NaN breaks encoding and .sel), found {found}; "
-            f"use sentinels (learning_rate {0.0} for pretraining-only lineages)"
+            f"use sentinels (learning_rate {PRETRAINING_LEARNING_RATE} for pretraining-only lineages)"
         )
+
+
+def _without_unused_levels(index: pd.MultiIndex) -> pd.MultiIndex:
+    """``index.remove_unused_levels()``, skipped after a cheap count when every level value is used."""
+    counts = (np.bincount(codes, minlength=len(level)) for codes, level in zip(index.codes, index.levels, strict=True))
+    return index if all(count.all() for count in counts) else index.remove_unused_levels()
