@@ -108,7 +108,7 @@ def open_dataset(path: str | Path, chunks: Mapping[str, int] | int | str | None 
     Returns
     -------
     xarray.Dataset
-        The curves, identical to what was written; only the index and the string point coordinates are read now.
+        The curves, identical to what was written; only the ``point`` index is read now, every variable on use.
 
     Raises
     ------
@@ -379,15 +379,22 @@ def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
         ds = xr.open_dataset(path, engine=ENGINE, group=group, chunks=chunks, create_default_indexes=group is not None)
     except _READ_ERRORS as error:
         raise _unreadable(path, error, group) from error
-    version = ds.attrs.get("schema_version")
-    if version is None or int(version) > SCHEMA_VERSION:
+    version = _schema_version(ds.attrs.get("schema_version"))
+    if version is None or version > SCHEMA_VERSION:
         ds.close()
         if version is None:
-            raise CacheError(f"{path}: expected a ddxr cache file with a schema_version attribute, found none")
+            raise CacheError(f"{path}: expected a ddxr cache file with an integer schema_version attribute, found none")
         raise CacheError(
-            f"{path}: written by a newer ddxr (schema {int(version)} > {SCHEMA_VERSION}); upgrade ddxr or rebuild"
+            f"{path}: written by a newer ddxr (schema {version} > {SCHEMA_VERSION}); upgrade ddxr or rebuild"
         )
     return ds
+
+
+def _schema_version(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _closing(decoded: xr.Dataset, raw: xr.Dataset) -> xr.Dataset:

@@ -135,6 +135,24 @@ def test_encodings_in_the_file(written: Path) -> None:
         assert set(nc.groups) == {"runs"}
 
 
+def test_unused_level_values_are_not_written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    curves = example[0]
+    keep = (curves["params"] == "4M").values
+    subset = curves.drop_indexes([POINT_DIM, *LEVELS]).isel({POINT_DIM: keep})
+    stock = pd.MultiIndex.from_frame(curves.to_dataframe().reset_index()[list(LEVELS)])[keep]  # keeps all level values
+    assert "150M" in stock.levels[1]
+    with_stock_index = subset.drop_vars([POINT_DIM, *LEVELS]).assign_coords(
+        xr.Coordinates.from_pandas_multiindex(stock, POINT_DIM)
+    )
+
+    path = write_dataset(with_stock_index, example[1], tmp_path / "cache.nc")
+
+    with netCDF4.Dataset(path) as nc:
+        assert nc["params"][:].tolist() == ["4M"]
+    with open_dataset(path) as back:
+        assert back.sizes[POINT_DIM] == 12
+
+
 def test_file_is_one_netcdf4_file_without_pickles(written: Path) -> None:
     head = written.read_bytes()[:8]
     assert head == b"\x89HDF\r\n\x1a\n"  # netCDF4 = HDF5 container
@@ -223,8 +241,16 @@ def test_corrupt_or_foreign_file_is_a_cache_error(written: Path, damage: str) ->
 def test_netcdf_without_ddxr_attrs_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.nc"
     xr.Dataset({"x": ("t", [1.0])}).to_netcdf(path, engine="netcdf4")
-    with pytest.raises(CacheError, match="expected a ddxr cache file with a schema_version attribute"):
+    with pytest.raises(CacheError, match="expected a ddxr cache file with an integer schema_version attribute"):
         open_dataset(path)
+
+
+def test_rewriting_an_open_file_in_place(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    # the lazy Dataset keeps reading the old file while the new one is written beside it and moved over it
+    with open_dataset(written) as curves, open_runs(written) as runs:
+        write_dataset(curves.sel(params="4M"), runs, written)
+    with open_dataset(written) as smaller:
+        xr.testing.assert_identical(smaller.load(), example[0].sel(params="4M"))
 
 
 def test_missing_file_is_a_cache_error(tmp_path: Path) -> None:

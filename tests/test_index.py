@@ -235,6 +235,8 @@ def test_attrs_of_level_coordinates_survive_sel(curves: xr.Dataset) -> None:
 def test_point_dimension_labels_keep_stock_behaviour(curves: xr.Dataset) -> None:
     key = tuple(frame_of(curves).loc[0, list(LEVELS)])
     assert curves.sel({POINT_DIM: key})["step"].item() == 0
+    # a dict of level labels given to the dimension goes through ddxr's selection
+    assert curves.sel({POINT_DIM: {"params": ["4M"]}}).sizes[POINT_DIM] == 12
 
 
 def test_select_filters_on_point_coordinates(curves: xr.Dataset) -> None:
