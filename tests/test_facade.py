@@ -154,6 +154,6 @@ def test_password_never_reaches_the_file(tmp_path, make_pg_url):
     truth = generate(tmp_path / "sources", store_url=url, n_runs=20, messy=False)
     dd = DataDecideNext(tmp_path / "sources", truth.store_url, cache_dir=tmp_path / "cache", progress=False)
     curves = dd.dataset()
-    assert "s3cret-pw" not in json.dumps(curves.attrs)
+    assert "s3cret-pw" not in json.dumps(curves.attrs, default=str)
     assert b"s3cret-pw" not in dd.cache_path().read_bytes()
     assert "***" in curves.attrs["sources"]

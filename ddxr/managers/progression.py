@@ -131,12 +131,15 @@ class TrainingProgressionManager:
         self.report = ProgressionReport()
         linked = relationships.links[relationships.links["link_status"] == "linked"]
         self._links = linked.set_index("run_id")
+        self._run_dtype = pd.CategoricalDtype(self._links.index)
         self._history, self.run_facts = self._clean_history(history, set(evaluated_runs))
 
     # ------------------------------------------------------------------ post-training history
     def _clean_history(self, history: pd.DataFrame, evaluated_runs: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         links = self._links
-        history = history[history["run_id"].isin(links.index)].sort_values(["run_id", "step"], kind="stable")
+        # run ids as a categorical over the linked runs: maps, groupbys and merges then work on integer codes
+        history = history.assign(run_id=history["run_id"].astype(self._run_dtype)).dropna(subset=["run_id"])
+        history = history.sort_values(["run_id", "step"], kind="stable")
         # the logged rate is the schedule at that step; the hyperparameter lives in the links
         history = history.rename(columns={"learning_rate": "lr_at_step"})
         facts = pd.DataFrame(index=links.index)
@@ -229,7 +232,7 @@ class TrainingProgressionManager:
         )
         return pd.DataFrame(
             {
-                "run_id": silent[usable],
+                "run_id": pd.Categorical(silent[usable], dtype=self._run_dtype),
                 "step": step[usable].astype("int64").to_numpy(),
                 "train_loss": np.nan,
                 "lr_at_step": np.nan,
@@ -376,6 +379,7 @@ class TrainingProgressionManager:
     def _run_points(self, bases: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
         facts = self.run_facts
         offsets = self._token_offsets(bases, chains)
+        chains = chains.assign(run_id=chains["run_id"].astype(self._run_dtype))
         points = chains.merge(bases, on="lineage").merge(self._history, on="run_id")
         points = points.merge(offsets, on=["lineage", "run_id"])
         cumulative = points["offset"] + points["run_tokens"]
