@@ -37,7 +37,7 @@ class DdxrAccessor:
         """Each lineage's values at given cumulative tokens; see :func:`ddxr.analysis.at_tokens`."""
         return analysis.at_tokens(self._ds, tokens, metrics=metrics, method=method)
 
-    def final(self, phase: str = "any", metrics=None) -> xr.Dataset:
+    def final(self, phase: str = "pretraining", metrics=None) -> xr.Dataset:
         """Each lineage's last measured value per metric; see :func:`ddxr.analysis.final`."""
         return analysis.final(self._ds, phase=phase, metrics=metrics)
 

@@ -22,7 +22,7 @@ from ddxr.errors import DdxrError
 from ddxr.facade import DataDecideNext
 from ddxr.frames import to_frame
 from ddxr.index import select
-from ddxr.vocabulary import PARAMS
+from ddxr.vocabulary import DATA, PARAMS
 
 #: Coordinates whose labels are numbers, and their type, for ``--sel`` parsing.
 _NUMERIC_COORDS = {
@@ -173,9 +173,10 @@ def summary(curves: xr.Dataset, runs: xr.Dataset, provenance: bool = False) -> s
 
 
 def _sorted_labels(level: str, values: np.ndarray) -> list:
-    """Level values in the order a reader expects: sizes numerically, everything else sorted."""
-    if level == "params":
-        return [p for p in PARAMS if p in set(values)]
+    """Level values in the order a reader expects: sizes numerically, recipes as DataDecide lists them."""
+    canonical = {"params": PARAMS, "data": DATA}.get(level)
+    if canonical is not None:
+        return [label for label in canonical if label in set(values)]
     return sorted(values)
 
 
