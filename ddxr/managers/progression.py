@@ -92,6 +92,42 @@ class ProgressionReport:
         }
 
 
+def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Repair ``total_tokens`` counters that restart on resume (DATA_FORMATS.md §8.10).
+
+    After a drop, the segment is shifted so that its first row equals the previous row plus the run's median
+    positive increment; the shifts accumulate over several restarts through a grouped cumulative sum.
+
+    Parameters
+    ----------
+    tokens : pandas.Series
+        The logged counter, rows of each run in step order.
+    run_id : pandas.Series
+        The run of each row.
+
+    Returns
+    -------
+    repaired : pandas.Series
+        The counter with every restart shifted away.
+    restarted : pandas.Series
+        Per run: whether its counter restarted at least once.
+
+    Examples
+    --------
+    >>> tokens = pd.Series([10.0, 20.0, 30.0, 5.0, 15.0])
+    >>> repair_token_restarts(tokens, pd.Series(["a"] * 5))[0].tolist()
+    [10.0, 20.0, 30.0, 40.0, 50.0]
+    """
+    tokens = tokens.astype("float64")
+    previous = tokens.groupby(run_id, observed=True).shift()
+    increment = tokens - previous
+    median_increment = increment.where(increment > 0).groupby(run_id, observed=True).transform("median").fillna(0.0)
+    restart = increment < 0
+    shift = (previous + median_increment - tokens).where(restart, 0.0)
+    repaired = tokens + shift.groupby(run_id, observed=True).cumsum()
+    return repaired, restart.groupby(run_id, observed=True).any()
+
+
 class TrainingProgressionManager:
     """Temporal training sequences of both phases, aligned on cumulative tokens.
 
@@ -166,21 +202,10 @@ class TrainingProgressionManager:
         return history, facts
 
     def _repaired_tokens(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.Series:
-        """``total_tokens`` with restarts on resume repaired (§8.10).
-
-        After a drop, the segment is shifted so that its first row equals the previous row plus the run's median
-        increment; the shifts accumulate over several restarts through a grouped cumulative sum.
-        """
-        tokens = history["total_tokens"].astype("float64")
-        by_run = history["run_id"]
-        previous = tokens.groupby(by_run).shift()
-        increment = tokens - previous
-        median_increment = increment.where(increment > 0).groupby(by_run).transform("median").fillna(0.0)
-        restart = increment < 0
-        shift = (previous + median_increment - tokens).where(restart, 0.0)
-        facts["tokens_repaired"] = restart.groupby(by_run).any().reindex(facts.index, fill_value=False)
+        repaired, restarted = repair_token_restarts(history["total_tokens"], history["run_id"])
+        facts["tokens_repaired"] = restarted.reindex(facts.index, fill_value=False)
         self.report.runs_tokens_repaired = int(facts["tokens_repaired"].sum())
-        return tokens + shift.groupby(by_run).cumsum()
+        return repaired
 
     def _drop_summed_losses(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
         """Keep losses summed over tokens (``reduce_loss=sum`` runs, median above the threshold) out of train_loss."""
