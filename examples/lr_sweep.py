@@ -1,8 +1,9 @@
 """The seed's example, end to end: a learning-rate sweep of 150M on Dolma1.7, continuous over cumulative tokens.
 
-Generates a demo sample (DataDecide files + a SQLite W&B store) under ``cache/examples/``, builds the Dataset
-(cached by fingerprint), selects the supervised-finetuning sweep at 1e-5, 3e-5, 1e-4 and 3e-4, and draws
-``olmes_9_average`` and ``train_loss`` over cumulative tokens, coloured by learning rate and styled by phase.
+Uses the demo sample of ``examples/_demo.py`` (DataDecide files + a SQLite W&B store under ``cache/examples/``,
+generated on first use), builds the Dataset (cached by fingerprint), selects the supervised-finetuning sweep at
+1e-5, 3e-5, 1e-4 and 3e-4, and draws ``olmes_9_average`` and ``train_loss`` over cumulative tokens, coloured by
+learning rate and styled by phase.
 
 Run: ``python examples/lr_sweep.py`` → ``cache/examples/lr_sweep.png``
 """
@@ -10,25 +11,14 @@ Run: ``python examples/lr_sweep.py`` → ``cache/examples/lr_sweep.png``
 from pathlib import Path
 
 import numpy as np
+from _demo import OUT, demo_next
 
-from ddxr import DataDecideNext
 from ddxr.plotting import plot_sweep
-from ddxr.synthetic import generate
-
-OUT = Path("cache/examples")
 
 
-def sources() -> tuple[Path, str]:
-    """The generated sources, made once and reused."""
-    data_dir, store = OUT / "sources", OUT / "sources" / "wandb.db"
-    if not store.exists():
-        generate(data_dir)
-    return data_dir, f"sqlite:///{store}"
-
-
-def main() -> Path:
-    data_dir, store_url = sources()
-    dd = DataDecideNext(data_dir, store_url, cache_dir=OUT / "cache")
+def main(out: Path = OUT) -> Path:
+    """Draw the sweep into ``out/lr_sweep.png`` and return that path."""
+    dd = demo_next(out)
     sweep = dd.get_sweep_analysis(
         base_params="150M",
         base_data="Dolma1.7",
@@ -39,7 +29,7 @@ def main() -> Path:
     plot_data = dd.get_continuous_curves(sweep_run_ids, metrics=["olmes_9_average", "train_loss"])
     print(plot_data.groupby(["learning_rate_label", "phase"], observed=True).size().rename("points").to_string())
     long = sweep.ddxr.to_frame(metrics=["olmes_9_average", "train_loss"], melt=True)
-    path = plot_sweep(long, OUT / "lr_sweep.png")
+    path = plot_sweep(long, Path(out) / "lr_sweep.png")
     print(f"wrote {path}")
     return path
 
