@@ -45,6 +45,7 @@ _COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
 _POINT_CHUNK = 1 << 14  # points per chunk: small enough that reading a sweep decompresses little
 _CATEGORIES_ATTR = "ddxr_categories"  # on a codes variable: the variable holding its distinct strings
 _JSON_ATTRS = "ddxr_json_attrs"  # names of the attributes stored as JSON text
+_BOOLEAN_ATTR = "ddxr_boolean"  # on an int8 variable: it holds booleans (decoded by ddxr, see _encode_booleans)
 _INDEXES_ATTR = "ddxr_indexes"  # coordinates indexed without being dimension coordinates (runs: run_id along run)
 _UNIQUE_BY = ("lineage", "run_id", "step")
 _SHOWN = 3  # examples quoted in an error message
@@ -84,8 +85,8 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     path = Path(path)
     curves = _checked_curves(curves)
     _check_strings(runs, RUNS_GROUP)
-    encoded_curves = _encode_curves(_stamped(curves))
-    encoded_runs = _encode_attrs_of(_encode_indexes(_stamped(runs.drop_encoding())))
+    encoded_curves = _encode_booleans(_encode_curves(_stamped(curves)))
+    encoded_runs = _encode_booleans(_encode_attrs_of(_encode_indexes(_stamped(runs.drop_encoding()))))
 
     def write(target: Path) -> None:
         encoded_curves.to_netcdf(target, mode="w", engine=ENGINE, encoding=_encodings(encoded_curves))
@@ -139,7 +140,7 @@ def open_runs(path: str | Path) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        The runs table, dimension ``run``, lazily loaded.
+        The runs table, dimension ``run``, read into memory (one row per run: small).
 
     Raises
     ------
@@ -149,7 +150,7 @@ def open_runs(path: str | Path) -> xr.Dataset:
     path = Path(path)
     raw = _open(path, group=RUNS_GROUP, chunks=None)
     try:
-        runs = _decode_indexes(_decode_attrs_of(raw))
+        runs = _decode_indexes(_decode_attrs_of(_decode_booleans(raw.load())))
     except BaseException as error:
         raw.close()
         if isinstance(error, _READ_ERRORS):
@@ -313,6 +314,31 @@ def _encode_categories(ds: xr.Dataset) -> xr.Dataset:
     return encoded
 
 
+def _encode_booleans(ds: xr.Dataset) -> xr.Dataset:
+    """Booleans → int8 flagged for ddxr's own decoding.
+
+    xarray decodes its own boolean encoding through ``apply_ufunc``, whose first call imports dask (seconds on a
+    cold start); reading int8 and casting in ddxr keeps opening a file fast.
+    """
+    encoded = ds.copy()
+    for name, variable in ds.variables.items():
+        if variable.dtype == bool:
+            encoded[name] = xr.Variable(
+                variable.dims, variable.values.astype(np.int8), attrs={**variable.attrs, _BOOLEAN_ATTR: 1}
+            )
+    return encoded
+
+
+def _decode_booleans(ds: xr.Dataset) -> xr.Dataset:
+    """Flagged int8 variables back to booleans, in memory (used for the small runs table)."""
+    flagged = [name for name, variable in ds.variables.items() if _BOOLEAN_ATTR in variable.attrs]
+    for name in flagged:
+        variable = ds.variables[name]
+        attrs = {key: value for key, value in variable.attrs.items() if key != _BOOLEAN_ATTR}
+        ds[name] = xr.Variable(variable.dims, np.asarray(variable.values).astype(bool), attrs=attrs)
+    return ds
+
+
 def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
     """Name the indexed non-dimension coordinates: netCDF restores only dimension coordinates as indexes."""
     names = [name for name, index in ds.xindexes.items() if name not in ds.dims and type(index) is PandasIndex]
@@ -436,19 +462,24 @@ def _decode_point_variables(raw: xr.Dataset) -> xr.Dataset:
         table = variable.attrs.get(_CATEGORIES_ATTR)
         # object, not <U: a fixed-width copy per point would take bytes × longest string
         strings = None if table is None else np.asarray(raw[table].values, dtype=object)
-        attrs = {key: value for key, value in variable.attrs.items() if key != _CATEGORIES_ATTR}
-        lazy[name] = xr.Variable(variable.dims, _lazy(variable, strings), attrs=attrs, encoding=variable.encoding)
+        boolean = _BOOLEAN_ATTR in variable.attrs
+        attrs = {key: value for key, value in variable.attrs.items() if key not in (_CATEGORIES_ATTR, _BOOLEAN_ATTR)}
+        lazy[name] = xr.Variable(
+            variable.dims, _lazy(variable, strings, boolean), attrs=attrs, encoding=variable.encoding
+        )
     coords = {name: variable for name, variable in lazy.items() if name in raw.coords}
     data = {name: variable for name, variable in lazy.items() if name not in raw.coords}
     return raw.drop_vars(tables).assign_coords(coords).assign(data)
 
 
-def _lazy(variable: xr.Variable, strings: np.ndarray | None) -> Any:
-    if variable.chunks is not None:  # dask reads whole chunks already; only the strings need decoding
+def _lazy(variable: xr.Variable, strings: np.ndarray | None, boolean: bool) -> Any:
+    if variable.chunks is not None:  # dask reads whole chunks already; only strings and booleans need decoding
+        if boolean:
+            return variable.data.astype(bool)
         return variable.data if strings is None else variable.data.map_blocks(strings.take, dtype=object)
     # cached like xarray's own lazy variables: to_dataframe reads `.data` several times
     return indexing.MemoryCachedArray(
-        indexing.CopyOnWriteArray(indexing.LazilyIndexedArray(_PointArray(variable, strings)))
+        indexing.CopyOnWriteArray(indexing.LazilyIndexedArray(_PointArray(variable, strings, boolean)))
     )
 
 
@@ -459,11 +490,12 @@ class _PointArray(BackendArray):
     gathering in memory turns a 5,000-point sweep from seconds into milliseconds.
     """
 
-    def __init__(self, variable: xr.Variable, strings: np.ndarray | None) -> None:
+    def __init__(self, variable: xr.Variable, strings: np.ndarray | None, boolean: bool = False) -> None:
         self.variable = variable
         self.strings = strings
+        self.boolean = boolean
         self.shape = variable.shape
-        self.dtype = np.dtype(object) if strings is not None else variable.dtype
+        self.dtype = np.dtype(object) if strings is not None else np.dtype(bool) if boolean else variable.dtype
         self.chunk = int(variable.encoding.get("chunksizes", (_POINT_CHUNK,))[0])
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
@@ -475,6 +507,8 @@ class _PointArray(BackendArray):
             values = np.asarray(self.variable[positions].values)
         else:
             values = self._gather(np.asarray(positions, dtype=np.int64))
+        if self.boolean:
+            return values.astype(bool)
         return values if self.strings is None else self.strings.take(values)
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
