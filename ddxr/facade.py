@@ -235,7 +235,7 @@ class DataDecideNext:
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "sources": json.dumps(self.sources()),
-            "fingerprint": self.fingerprint(),
+            "fingerprint": self._read_for.stem.removeprefix("ddxr-"),
             "build_options": json.dumps(self.options()),
             "build_report": json.dumps(self.build_report()),
         }

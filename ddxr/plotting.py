@@ -63,10 +63,11 @@ def plot_sweep(
         axis.set_xlabel("cumulative tokens")
         axis.set_ylabel(metric)
         axis.set_title(metric)
-        handles, names = axis.get_legend_handles_labels()
-        unique = dict(zip(names, handles, strict=True))
-        if unique:
-            axis.legend(unique.values(), unique.keys(), title="post-training (dashed)", fontsize=8)
+        handles = dict(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+        # legend in numeric learning-rate order (the categories' order), not in drawing order
+        ordered = [f"lr {label}" for label in labels if f"lr {label}" in handles]
+        if ordered:
+            axis.legend([handles[name] for name in ordered], ordered, title="post-training (dashed)", fontsize=8)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
