@@ -25,6 +25,10 @@ class BuildError(DdxrError):
 class SelectionError(DdxrError, KeyError):
     """A label selection names an unknown level or matches nothing it must match."""
 
+    def __str__(self) -> str:
+        # KeyError would show the message in quotes; the message is prose, not a key
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 class CacheError(DdxrError):
     """A cache file is unreadable, truncated, corrupt or written by a newer schema."""

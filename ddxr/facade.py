@@ -30,7 +30,7 @@ from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingPr
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
-from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR
+from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
 
 #: Columns of the runs table carried into the runs Dataset besides the links.
 _RUN_FACTS = ("n_history_rows", "duplicate_steps", "tokens_repaired", "loss_summed", "tokens_estimated", "last_step")

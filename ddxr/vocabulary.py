@@ -226,3 +226,8 @@ OLMES_9_AVERAGE = "olmes_9_average"
 PRETRAINING_LEARNING_RATE = 0.0
 #: Learning-rate sentinel of post-training lineages whose hyperparameter no source records (counted in the report).
 UNKNOWN_LEARNING_RATE = -1.0
+
+#: Tokens per preference pair assumed when estimating DPO tokens, which DPO runs do not log (DATA_FORMATS.md §7
+#: rule a): the launcher planned ≈210M tokens per epoch of the 269,478-pair Tulu-3 preference mix. DPO tokens at a
+#: point = training_step × per_device_train_batch_size × gradient_accumulation_steps × gpu_count × this.
+DPO_TOKENS_PER_PAIR = 779

@@ -120,3 +120,9 @@ def test_missing_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["build"])
     assert exit_info.value.code == 2
+
+
+def test_selection_errors_read_as_prose_not_as_a_quoted_key():
+    from ddxr.errors import SelectionError
+
+    assert str(SelectionError("no point has params '77M'")) == "no point has params '77M'"

@@ -18,8 +18,13 @@ import pandas as pd
 
 from ddxr.errors import LinkError
 from ddxr.managers.relationships import RunRelationshipManager
-from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR
-from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES, SIZES, UNKNOWN_LEARNING_RATE
+from ddxr.vocabulary import (
+    DPO_TOKENS_PER_PAIR,
+    PRETRAINING_LEARNING_RATE,
+    RECIPES,
+    SIZES,
+    UNKNOWN_LEARNING_RATE,
+)
 
 #: History keys read from the store: loss, scheduled LR, the SFT token counter and the DPO step counter.
 HISTORY_KEYS = ("train_loss", "learning_rate", "total_tokens", "training_step")

@@ -28,6 +28,7 @@ import pandas as pd
 from ddxr.errors import DdxrError
 from ddxr.synthetic.curves import TASK_RANGE, checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
 from ddxr.vocabulary import (
+    DPO_TOKENS_PER_PAIR,
     METRICS,
     OLMES_9_AVERAGE,
     OLMES_TASKS,
@@ -50,10 +51,6 @@ __all__ = [
     "repaired_total_tokens",
 ]
 
-#: Tokens per preference pair assumed when estimating DPO tokens (DATA_FORMATS.md §7 rule (a)): the launcher planned
-#: ≈210M tokens per epoch of the 269,478-pair Tulu-3 preference mix. DPO tokens at a point =
-#: training_step × per_device_train_batch_size × gradient_accumulation_steps × gpu_count × DPO_TOKENS_PER_PAIR.
-DPO_TOKENS_PER_PAIR = 779
 #: Non-padding tokens per Tulu-3 SFT sequence (665,127,434 tokens in 934,407 sequences).
 SFT_TOKENS_PER_SEQUENCE = 713
 #: Sequences the launcher trains on per million budget tokens (``1Mtx1`` → ``max_train_samples`` 1,400).
