@@ -203,6 +203,7 @@ class DataDecideNext:
     def build_report(self) -> dict:
         """What the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
         training = self.training  # reads the history, which counts its unreadable values
+        orphans = self.wandb.orphan_history_rows()  # history no run row claims: in no lineage, so counted here
         links = self.relationships.links
         _, eval_issues = self._posttraining_evaluations
         eval_skips = eval_issues[eval_issues["skipped"]]
@@ -224,6 +225,8 @@ class DataDecideNext:
             "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
             "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
             "history_values_not_numeric": dict(self._history_coercions),
+            "history_rows_without_a_run": sum(orphans.values()),
+            "history_run_ids_without_a_run": sorted(orphans)[:20],
             "progression": training.report.as_dict(),
             "runs_skipped": len(training.report.skipped_runs),
             "skipped_by_reason": _counts(pd.Series(training.report.skipped_runs, dtype=object)),

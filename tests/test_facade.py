@@ -89,6 +89,7 @@ def test_build_report_counts_the_messy_runs(generated):
     assert report["progression"]["duplicate_history_rows"] > 0
     assert report["progression"]["runs_loss_summed"] == int((expected["mess"] == "reduce_loss_sum").sum())
     assert report["progression"]["runs_tokens_repaired"] >= 1
+    assert report["history_rows_without_a_run"] == 0  # every generated history row has its run
 
 
 def test_points_are_unique_and_the_index_has_no_missing_values(generated, points):

@@ -634,3 +634,23 @@ def test_history_argument_errors(sqlite_url: str) -> None:
             store.iter_history(None, ["step"])  # raised at the call, not at the first next()
         with pytest.raises(SourceError, match="chunk_size must be a positive integer, got 0"):
             store.iter_history(None, ["x"], chunk_size=0)
+
+
+def test_history_of_runs_missing_from_the_runs_table_is_counted(sqlite_url):
+    store = WandBStore(sqlite_url)
+    store.create_tables()
+    store.store_runs(
+        pd.DataFrame(
+            {
+                "run_id": ["kept"],
+                "run_name": ["kept"],
+                "state": ["finished"],
+                "project": ["p"],
+                "entity": ["e"],
+                "created_at": ["2025-08-19T05:36:01Z"],
+            }
+        )
+    )
+    history = pd.DataFrame({"run_id": ["kept", "ghost", "ghost"], "step": [1, 1, 2], "train_loss": [1.0, 2.0, 3.0]})
+    store.store_history(history)
+    assert store.orphan_history_rows() == {"ghost": 2}

@@ -372,6 +372,20 @@ class WandBStore:
         }
         return history
 
+    def orphan_history_rows(self) -> dict[str, int]:
+        """History rows whose run is not in ``wandb_runs`` (they can belong to no lineage), counted per run_id."""
+        schema = self._schema()
+        if schema.history is None:
+            return {}
+        runs, history = schema.runs, schema.history
+        query = (
+            sa.select(history.c.run_id, sa.func.count())
+            .where(~sa.exists().where(runs.c.run_id == history.c.run_id))
+            .group_by(history.c.run_id)
+        )
+        with self._connect() as connection:
+            return {run_id: int(count) for run_id, count in connection.execute(query)}
+
     def stats(self) -> dict[str, Any]:
         """What changes when the store's content changes, for cache fingerprints.
 
