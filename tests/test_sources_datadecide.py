@@ -492,3 +492,12 @@ def test_mmlu_average_must_agree(small_raw: tuple[pd.DataFrame, pd.DataFrame]) -
 def test_mean_flag_mismatch(exports: SimpleNamespace) -> None:
     with pytest.raises(SourceError, match=r"found a 'seed' column, but mean=True expects"):
         read_datadecide(exports.full / "full_eval.parquet", mean=True)
+
+
+def test_object_fingerprint_follows_its_content(real_samples: Path) -> None:
+    frame = pd.read_parquet(real_samples / "pretrain_metrics_sample.parquet")
+    same = PretrainingSource(SimpleNamespace(full_eval=frame.copy())).file_stats()
+    assert PretrainingSource(SimpleNamespace(full_eval=frame)).file_stats() == same
+    changed = frame.copy()
+    changed.loc[3, "hellaswag_primary_metric"] += 0.01
+    assert PretrainingSource(SimpleNamespace(full_eval=changed)).file_stats() != same

@@ -17,6 +17,7 @@ has them, else computed with DATA_FORMATS.md §3.4; ``lr_at_step`` likewise, wit
 from __future__ import annotations
 
 import ast
+import hashlib
 import math
 import os
 import re
@@ -205,7 +206,16 @@ class PretrainingSource:
         return f"raw DataDecide exports {self._files['downstream']} + {self._files['ppl']}"
 
     def file_stats(self) -> dict[str, dict]:
-        """Size (bytes) and modification time of every file read, keyed by path: ``{}`` for objects."""
+        """What changes when the input changes, for cache fingerprints.
+
+        Size (bytes) and modification time of every file read, keyed by path; for an object, which has no files,
+        a digest of the table it holds.
+        """
+        if self._object is not None:
+            frame = getattr(self._object, "mean_eval" if self.mean else "full_eval")
+            rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+            digest = hashlib.sha256(rows.tobytes() + "\x1f".join(map(str, frame.columns)).encode()).hexdigest()
+            return {self.description: {"rows": len(frame), "content": digest}}
         stats = {}
         for path in self._files.values():
             status = path.stat()
