@@ -84,6 +84,7 @@ class DataDecideNext:
         self.dpo_tokens_per_pair = float(dpo_tokens_per_pair)
         self.progress = progress
         self.evaluations = EvaluationManager(metrics)
+        self._read_for: Path | None = None  # the cache file the managers below were read for
 
     # ------------------------------------------------------------------ sources and managers
     @cached_property
@@ -246,7 +247,7 @@ class DataDecideNext:
     def _current_cache_path(self) -> Path:
         """Cache file of the sources as they are now; managers read from older sources are dropped first."""
         path = self.cache_path()
-        if self.__dict__.get("_read_for") not in (None, path):
+        if self._read_for not in (None, path):
             for name in (
                 "pretraining",
                 "relationships",
