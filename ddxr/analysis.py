@@ -30,7 +30,8 @@ from xarray.indexes import PandasMultiIndex
 
 from ddxr.errors import DdxrError, SelectionError
 from ddxr.frames import INDEX_LEVELS, POINT_COORDS, metric_matrix, metric_names, point_coords, point_order
-from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE, RECIPES
+from ddxr.managers.progression import pretraining_lineage_id
+from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE
 
 #: Seed of lineages aggregated over seeds.
 AGGREGATED_SEED = -1
@@ -213,10 +214,7 @@ def _seed_statistic(
         tokens_estimated=("tokens_estimated", "any"),
         n_seeds=("seed", "nunique"),
     )
-    # as pretraining lineage ids, the recipe's slug stands in for its display name (three names contain "/")
-    table["lineage"] = (
-        table["params"] + "/" + table["data"].map(RECIPES["slug"]).fillna(table["data"]) + "/" + statistic
-    )
+    table["lineage"] = pretraining_lineage_id(table["params"], table["data"], statistic)
     table = table.assign(
         run_id=table["lineage"],
         run_type="pretraining",

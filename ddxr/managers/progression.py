@@ -57,9 +57,10 @@ POINT_COLUMNS = [
 def pretraining_lineage_id(params: pd.Series, data: pd.Series, seed: pd.Series | str) -> pd.Series:
     """Lineage id of pretraining runs: ``{params}/{slug}/seed{seed}``.
 
-    The recipe's HF slug stands in for its display name because three display names contain ``/``.
+    The recipe's HF slug stands in for its display name because three display names contain ``/``; a name outside
+    the crosswalk keeps its own spelling. A string ``seed`` is used as the suffix itself (``"mean"``).
     """
-    slug = data.map(RECIPES["slug"])
+    slug = data.map(RECIPES["slug"]).fillna(data)
     suffix = seed if isinstance(seed, str) else "seed" + seed.astype("int64").astype(str)
     return params.astype(str) + "/" + slug + "/" + suffix
 
