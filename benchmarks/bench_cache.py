@@ -1,4 +1,4 @@
-"""Benchmark of the netCDF cache at the scale of a full build (DESIGN.md §5, DATA_FORMATS.md §9).
+"""Benchmark of the netCDF cache at the scale of a full build (docs/dataset.md §5, docs/sources.md §9).
 
 Builds, with numpy only, a curves Dataset of ~27,000 pretraining points plus 2,000 post-training lineages of 1,000
 steps (each repeating ~25 base points), ~60 float32 metrics (NaN on post-training points except train_loss and
@@ -90,7 +90,7 @@ def posttraining_frame(pretraining: pd.DataFrame, lineages: int, steps: int, rng
 
 
 def metric_attrs(task: str, metric: str, higher_is_better: bool) -> dict[str, object]:
-    """The attrs every metric variable carries (DESIGN.md §2)."""
+    """The attrs every metric variable carries (docs/dataset.md §2)."""
     return {
         "long_name": f"{task} {metric}",
         "task": task,

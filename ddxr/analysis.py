@@ -1,6 +1,6 @@
 """Research analyses of a ddxr Dataset: seed statistics, values at equal tokens, final values, decision accuracy.
 
-Every function takes a Dataset of the contract of DESIGN.md §2, in memory or lazily opened from netCDF, and reads its
+Every function takes a Dataset of the contract (docs/dataset.md §2), in memory or opened lazily, and reads its
 coordinates by name, never through label selection on index levels. Points are sorted once along their lineages
 (lineage, cumulative tokens, run type, step); every lineage is then handled by the same whole-array numpy
 operations, and metrics are read in batches that bound memory on builds with ≈1,900 metrics.

@@ -1,4 +1,4 @@
-"""The managers' tables → the curves Dataset (dim ``point``) and the runs Dataset (dim ``run``), DESIGN.md §2.
+"""The managers' tables → the curves Dataset (dim ``point``) and the runs Dataset (dim ``run``), docs/dataset.md §2.
 
 Metric variables are gathered column by column from two tables through row pointers (pretraining checkpoints and
 end-of-run evaluations), so the wide point × metric matrix is never built in pandas and each variable is float32

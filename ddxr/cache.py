@@ -1,6 +1,6 @@
 """The netCDF cache: one file holds the curves (root group) and the runs table (group ``runs``).
 
-Layout of the root group (DESIGN.md §4): the ``point`` MultiIndex is stored with CF "compression by gathering"
+Layout of the root group (docs/dataset.md §4): the ``point`` MultiIndex is stored with CF "compression by gathering"
 (cf_xarray's ``encode_multi_index_as_compress``): each level is a small coordinate on its own dimension and
 ``point`` holds the raveled level codes. String variables along ``point`` (``run_id``, ``run_type``) are stored as
 int32 codes plus a small table of their distinct values, because netCDF variable-length strings are uncompressed and
@@ -58,7 +58,7 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     Parameters
     ----------
     curves : xarray.Dataset
-        The curves Dataset of DESIGN.md §2, with a MultiIndex (ddxr's or stock) over ``point``.
+        The curves Dataset of docs/dataset.md §2, with a MultiIndex (ddxr's or stock) over ``point``.
     runs : xarray.Dataset
         The runs table (dimension ``run``); written as group ``runs``.
     path : str or pathlib.Path

@@ -1,4 +1,4 @@
-"""DataDecideNext: the single entry point, with the seed's names (component_architecture.md).
+"""DataDecideNext: the single entry point (names from the original DataDecide component design).
 
 It reads both sources, hands them to the three managers, assembles the Dataset and caches it under a fingerprint of
 the sources and build options, so a second call opens the shared file instead of rebuilding.

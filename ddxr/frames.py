@@ -1,6 +1,6 @@
 """Plot-ready DataFrames from a ddxr Dataset.
 
-:func:`to_frame` turns the points of a Dataset (DESIGN.md §2) into the flat table plotting libraries take as it is:
+:func:`to_frame` turns the points of a Dataset (docs/dataset.md §2) into the flat table plotting libraries take as is:
 one row per point (or per point and metric with ``melt=True``), every point coordinate a column, readable dtypes,
 ordered categoricals for the sizes and learning rates so that legends and facets sort numerically. The helpers
 that read the point coordinates and resolve metric names are shared with :mod:`ddxr.analysis`.
@@ -100,7 +100,7 @@ def point_coords(ds: xr.Dataset) -> pd.DataFrame:
     Parameters
     ----------
     ds : xarray.Dataset
-        A ddxr Dataset (DESIGN.md §2).
+        A ddxr Dataset (docs/dataset.md §2).
 
     Returns
     -------
@@ -116,7 +116,7 @@ def point_coords(ds: xr.Dataset) -> pd.DataFrame:
     if missing:
         raise DdxrError(
             f"the Dataset lacks point coordinate(s) {', '.join(map(repr, missing))}: expected a ddxr Dataset "
-            f"(DESIGN.md §2) with coordinates {', '.join(POINT_COORDS)} along 'point' — build it with ddxr, "
+            f"(docs/dataset.md §2) with coordinates {', '.join(POINT_COORDS)} along 'point' — build it with ddxr, "
             "or add them with ds.assign_coords"
         )
     extra = [name for name, coord in ds.coords.items() if coord.dims == ("point",) and name not in POINT_COORDS]
@@ -202,7 +202,7 @@ def _identity_columns(points: pd.DataFrame) -> pd.DataFrame:
     if nulls:
         raise DdxrError(
             f"point coordinate(s) {', '.join(map(repr, nulls))} hold missing values; a ddxr Dataset uses sentinels "
-            "instead (DESIGN.md §2) — rebuild the Dataset or fill them"
+            "instead (docs/dataset.md §2) — rebuild the Dataset or fill them"
         )
     frame = points.astype({name: dtype for name, dtype in _DTYPES.items() if name in points.columns})
     frame["params"] = params_categorical(frame["params"])
@@ -249,7 +249,7 @@ def to_frame(
     Parameters
     ----------
     ds : xarray.Dataset
-        A ddxr Dataset (DESIGN.md §2), in memory or lazily opened from netCDF.
+        A ddxr Dataset (docs/dataset.md §2), in memory or lazily opened from netCDF.
     metrics : str, iterable of str or None, optional
         Metric variables to include; None for every data variable along ``point``.
     melt : bool, default False

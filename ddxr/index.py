@@ -22,7 +22,7 @@ from ddxr.vocabulary import PRETRAINING_LEARNING_RATE
 
 #: The dimension every training point lies on.
 POINT_DIM = "point"
-#: Levels of the ``point`` MultiIndex, in order (DESIGN.md §2).
+#: Levels of the ``point`` MultiIndex, in order (docs/dataset.md §2).
 LEVELS = ("lineage", "params", "data", "learning_rate", "cumulative_tokens")
 #: Levels that hold floats and are matched with a relative tolerance.
 FLOAT_LEVELS = ("learning_rate", "cumulative_tokens")

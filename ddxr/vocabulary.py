@@ -1,6 +1,6 @@
 """The DataDecide vocabulary: sizes, recipes, seeds, tasks and metrics.
 
-Every module takes its names and constants from here (DESIGN.md §1, DATA_FORMATS.md §2-§3), so one table is the
+Every module takes its names and constants from here (docs/dataset.md §1, docs/sources.md §2-§3), so one table is the
 single source of truth for spellings and per-size constants.
 """
 
@@ -29,7 +29,7 @@ _SIZE_ROWS = [
     ("1B", 704, 1_176_832_000, 69_369, 1176.8e6),
 ]
 
-#: Per-size constants indexed by the size label, in numeric order (DATA_FORMATS.md §3.3).
+#: Per-size constants indexed by the size label, in numeric order (docs/sources.md §3.3).
 SIZES = pd.DataFrame(
     _SIZE_ROWS, columns=["params", "batch_size", "true_params", "final_step", "wandb_model_size"]
 ).set_index("params")
@@ -39,7 +39,7 @@ SIZES["params_numeric"] = [float(label[:-1]) * (1e9 if label.endswith("B") else 
 #: Size labels in numeric order.
 PARAMS = tuple(SIZES.index)
 
-# display name, HF slug, internal ladder id, run-name codes besides the slug (DATA_FORMATS.md §6.2)
+# display name, HF slug, internal ladder id, run-name codes besides the slug (docs/sources.md §6.2)
 _RECIPE_ROWS = [
     ("Dolma1.7", "dolma1_7", "dolma17", ("d17",)),
     ("Dolma1.7 (no code)", "dolma1_7-no-code", "no_code", ()),
@@ -125,12 +125,12 @@ for _name, _slug, _internal, _codes in _RECIPE_ROWS:
     for _code in (_slug, _internal, *_codes):
         RECIPE_CODES[_code] = _name
 
-#: Raw DataDecide seed names → ddxr seed (DATA_FORMATS.md §2.4).
+#: Raw DataDecide seed names → ddxr seed (docs/sources.md §2.4).
 SEED_NAMES = {"default": 0, "small aux 2": 1, "small aux 3": 2, "large aux 2": 3, "large aux 3": 4}
 #: DataDecide internal training seeds, indexed by ddxr seed.
 INTERNAL_SEEDS = {0: 6198, 1: 14, 2: 15, 3: 4, 4: 5}
 
-#: The nine OLMES multiple-choice tasks and their primary metric (DATA_FORMATS.md §2.6).
+#: The nine OLMES multiple-choice tasks and their primary metric (docs/sources.md §2.6).
 OLMES_TASKS = {
     "arc_challenge": "acc_uncond",
     "arc_easy": "acc_per_char",
@@ -227,7 +227,7 @@ PRETRAINING_LEARNING_RATE = 0.0
 #: Learning-rate sentinel of post-training lineages whose hyperparameter no source records (counted in the report).
 UNKNOWN_LEARNING_RATE = -1.0
 
-#: Tokens per preference pair assumed when estimating DPO tokens, which DPO runs do not log (DATA_FORMATS.md §7
+#: Tokens per preference pair assumed when estimating DPO tokens, which DPO runs do not log (docs/sources.md §7
 #: rule a): the launcher planned ≈210M tokens per epoch of the 269,478-pair Tulu-3 preference mix. DPO tokens at a
 #: point = training_step × per_device_train_batch_size × gradient_accumulation_steps × gpu_count × this.
 DPO_TOKENS_PER_PAIR = 779

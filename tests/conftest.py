@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-#: Where the real W&B and DataDecide rows live (see ../shared/real_samples/README.md).
+#: Where the real W&B and DataDecide rows live (see tests/data/real_samples/README.md).
 REAL_SAMPLES = Path(__file__).resolve().parent / "data" / "real_samples"
 PG_SERVER = os.environ.get("DDXR_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 

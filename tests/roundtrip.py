@@ -26,7 +26,7 @@ from ddxr.index import POINT_DIM, point_coordinates
 from ddxr.synthetic.curves import checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
 from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES
 
-#: Provenance attrs every assembled Dataset carries (DESIGN.md §2); with them a round trip is exactly identical.
+#: Provenance attrs every assembled Dataset carries (docs/dataset.md §2); with them a round trip is exactly identical.
 PROVENANCE = {
     "ddxr_version": ddxr.__version__,
     "schema_version": SCHEMA_VERSION,
@@ -65,7 +65,7 @@ _SFT_TOKENS_PER_STEP, _DPO_TOKENS_PER_STEP = 262_144.0, 99_712.0
 
 
 def example_datasets() -> tuple[xr.Dataset, xr.Dataset]:
-    """A small valid ``(curves, runs)`` pair following DESIGN.md §2.
+    """A small valid ``(curves, runs)`` pair following docs/dataset.md §2.
 
     Four pretraining-only lineages (4M and 150M on two recipes, one with a ``/`` in its name), three supervised
     finetuning lineages from 150M/Dolma1.7 step 6250 (learning rates 1e-5, 3e-5, 1e-4) and one DPO lineage on the

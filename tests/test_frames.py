@@ -254,7 +254,7 @@ def test_learning_rate_labels_are_stable_and_distinct() -> None:
 def test_errors_name_the_problem(sweep: xr.Dataset) -> None:
     with pytest.raises(SelectionError, match=r"unknown metric\(s\) 'mmlu_nope'.*available \(3\): olmes_9_average"):
         to_frame(sweep, ["hellaswag", "mmlu_nope"])
-    with pytest.raises(DdxrError, match="lacks point coordinate.*'run_type'.*DESIGN.md"):
+    with pytest.raises(DdxrError, match="lacks point coordinate.*'run_type'.*docs/dataset.md"):
         to_frame(sweep.drop_vars("run_type"))
     holes = sweep.assign_coords(seed=("point", np.where(sweep["seed"] == 2, np.nan, sweep["seed"])))
     with pytest.raises(DdxrError, match="'seed' hold missing values"):

@@ -398,7 +398,7 @@ def test_seed_index_above_four_and_unknown_checkpoint_are_unlinked() -> None:
     )
     seven, odd = links.iloc[0], links.iloc[1]
     assert seven["link_status"] == "unlinked" and seven["seed_token"] == "7"
-    assert seven["link_reason"] == "seed index 7 in run name is outside 0-4 (DATA_FORMATS.md §2.4)"
+    assert seven["link_reason"] == "seed index 7 in run name is outside 0-4 (docs/sources.md §2.4)"
     assert odd["link_status"] == "unlinked" and "unrecognised checkpoint 'step2500'" in odd["link_reason"]
 
 

@@ -30,7 +30,7 @@ from ddxr.vocabulary import OLMES_TASKS, PARAMS, RECIPE_CODES, RECIPES, SEED_NAM
 
 SMALL = {"params": ("4M", "150M"), "data": ("Dolma1.7", "C4")}
 SIZE_LIST = "|".join(PARAMS)
-# DATA_FORMATS.md §6.3 and §6.1, written out independently of the generator
+# docs/sources.md §6.3 and §6.1, written out independently of the generator
 DD_BLOCK = re.compile(rf"DD-(?P<recipe>.+?)-(?P<size>{SIZE_LIST})(-(?P<step>\d+)-(?P<n>\d+))?(?=_|$)")
 DPO_BLOCK = re.compile(
     rf"_dd__(?P<slug>.+?)-(?P<size>{SIZE_LIST})__(?P<ckpt>main)__(?P<tokens>\d+)Mt_lr=(?P<sft_lr>[^_]+)"

@@ -2,9 +2,9 @@
 
 Pretraining checkpoints carry their evaluations as columns already named the ddxr way (``arc_challenge``,
 ``arc_challenge_acc_raw``, ``mmlu_average``, ``pile_valppl``); post-training runs carry them in their W&B summary as
-``oe_eval_metrics/<task>`` JSON dicts and flat ``oe_eval_metrics/<task>/<metric>`` numbers (DATA_FORMATS.md §5.4,
+``oe_eval_metrics/<task>`` JSON dicts and flat ``oe_eval_metrics/<task>/<metric>`` numbers (docs/sources.md §5.4,
 §5.5). This module maps both onto the same variable names, so that a task-named variable holds the task's primary
-score in both phases, and chooses which variables a build keeps (DESIGN.md §2: ``"core"``, ``"all"`` or a list).
+score in both phases, and chooses which variables a build keeps (docs/dataset.md §2: ``"core"``, ``"all"`` or a list).
 
 Naming rules
 ------------
@@ -78,7 +78,7 @@ CORE_METRICS = (
     "correct_prob_per_token",
     "correct_prob_per_char",
 )
-#: Metrics only the post-training flat keys report (DATA_FORMATS.md §5.5).
+#: Metrics only the post-training flat keys report (docs/sources.md §5.5).
 POSTTRAINING_METRICS = (
     "correct_logit",
     "correct_logit_per_token",
@@ -134,7 +134,7 @@ _RANK = {name: rank for rank, name in enumerate(_STATIC)}
 # post-training-only names found in data sort after the task metrics, before the perplexities
 _FOUND_RANK = _RANK[ppl_variable(PPL_SETS[0])] - 0.5
 
-#: The ``"core"`` metric set (DESIGN.md §2).
+#: The ``"core"`` metric set (docs/dataset.md §2).
 CORE_VARIABLES = frozenset(
     [
         *(*OLMES_TASKS, *MMLU_TASKS, "mmlu_average", OLMES_9_AVERAGE),

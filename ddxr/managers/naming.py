@@ -1,4 +1,4 @@
-"""Parsers of W&B run names, model paths and launch arguments (DATA_FORMATS.md §6.1, §6.3, §6.7).
+"""Parsers of W&B run names, model paths and launch arguments (docs/sources.md §6.1, §6.3, §6.7).
 
 Every parser takes a whole column and returns a frame aligned on its index, built with pandas' vectorized string
 methods (``str.extract`` on anchored regexes), so linking costs a handful of regex passes, not a loop over runs.
@@ -18,12 +18,12 @@ SIZE_PATTERN = "|".join(sorted(SIZES.index, key=len, reverse=True))
 NUMBER_PATTERN = r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _END = r"(?=_|$)"  # name tokens end at an underscore or at the end of the name
 
-#: Tokens of one epoch of the whole Tulu-3 SFT mixture, the ``Ft`` budget (DATA_FORMATS.md §5.1).
+#: Tokens of one epoch of the whole Tulu-3 SFT mixture, the ``Ft`` budget (docs/sources.md §5.1).
 FULL_MIX_TOKENS = 665_127_434
 #: Epochs of a ``Ft`` (full mixture) run.
 FULL_MIX_EPOCHS = 2
 
-# Name families (DATA_FORMATS.md §6.3); the size list anchors the block because slugs contain '-' and '.'.
+# Name families (docs/sources.md §6.3); the size list anchors the block because slugs contain '-' and '.'.
 _DD_BLOCK = rf"(?:^|_)DD-(?P<recipe_code>.+?)-(?P<size>{SIZE_PATTERN})(?:-(?P<step>\d+)-(?P<n>\d+))?{_END}"
 _LEGACY_BLOCK = rf"allenai--DataDecide-(?P<recipe_code>.+?)-(?P<size>{SIZE_PATTERN})_(?P<checkpoint>[^_]+)"
 _DPO_BLOCK = (
@@ -51,7 +51,7 @@ MODEL_SIZE_TOLERANCE = 1.25
 
 
 def parse_run_names(names: pd.Series) -> pd.DataFrame:
-    """Split run names into the fields of DATA_FORMATS.md §6.3.
+    """Split run names into the fields of docs/sources.md §6.3.
 
     Parameters
     ----------
@@ -148,7 +148,7 @@ def _match(names: pd.Series) -> pd.DataFrame:
 
 
 def parse_model_paths(paths: pd.Series) -> pd.DataFrame:
-    """Kind, DataDecide slug and size, and last component of ``model_name_or_path`` values (DATA_FORMATS.md §6.1).
+    """Kind, DataDecide slug and size, and last component of ``model_name_or_path`` values (docs/sources.md §6.1).
 
     Parameters
     ----------

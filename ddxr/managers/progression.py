@@ -3,7 +3,7 @@
 Pretraining curves are the sparse DataDecide checkpoints; post-training curves are the dense W&B history. This module
 cleans the history (duplicate steps, ``total_tokens`` restarts, summed losses), estimates tokens where a run logs none
 (DPO, runs without history) and lays every lineage out as points: the base's checkpoints up to the base step, then
-each run of the chain offset by the tokens the model had already seen (DATA_FORMATS.md §7, §8).
+each run of the chain offset by the tokens the model had already seen (docs/sources.md §7, §8).
 
 Everything works on whole tables (group, merge, cumulative sums); nothing loops over runs or rows.
 """
@@ -99,7 +99,7 @@ class ProgressionReport:
 
 
 def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Repair ``total_tokens`` counters that restart on resume (DATA_FORMATS.md §8.10).
+    """Repair ``total_tokens`` counters that restart on resume (docs/sources.md §8.10).
 
     After a drop, the segment is shifted so that its first row equals the previous row plus the run's median
     positive increment; the shifts accumulate over several restarts through a grouped cumulative sum.
@@ -151,7 +151,7 @@ class TrainingProgressionManager:
     pretraining_seeds : {"base", "mean"}, default "base"
         Pretraining prefix of a post-training lineage: the checkpoints of its own seed, or the mean over seeds.
     dpo_tokens_per_pair : float, default 779
-        Tokens per preference pair used to estimate DPO tokens (DATA_FORMATS.md §7, rule a).
+        Tokens per preference pair used to estimate DPO tokens (docs/sources.md §7, rule a).
     """
 
     def __init__(

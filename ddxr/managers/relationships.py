@@ -1,4 +1,4 @@
-"""Which pretraining checkpoint, and which parent run, every post-training run started from (DATA_FORMATS.md §6).
+"""Which pretraining checkpoint, and which parent run, every post-training run started from (docs/sources.md §6).
 
 :class:`RunRelationshipManager` reads the runs table of a W&B store once and computes, with vectorized pandas
 (regex extraction, merges, ``np.select``), one row of links per run. Rules:
@@ -517,7 +517,7 @@ def _own_base(
                 names["seed_index"].gt(4).fillna(False),
                 "seed index ",
                 own["seed_token"],
-                " in run name is outside 0-4 (DATA_FORMATS.md §2.4)",
+                " in run name is outside 0-4 (docs/sources.md §2.4)",
             ),
         ]
     )

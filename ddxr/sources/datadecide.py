@@ -1,6 +1,6 @@
 """Reader of DataDecide pretraining evaluations: one tidy table, one row per (params, data, seed, step).
 
-Three inputs give the same table (DATA_FORMATS.md §2-§3):
+Three inputs give the same table (docs/sources.md §2-§3):
 
 - the raw Hugging Face exports ``<data_dir>/datadecide/downstream_eval.parquet`` (one row per checkpoint and task,
   metrics as the text of a Python dict) and ``ppl_eval.parquet`` (one row per checkpoint, 11 perplexities);
@@ -8,9 +8,9 @@ Three inputs give the same table (DATA_FORMATS.md §2-§3):
   preferred when present;
 - any object with a ``full_eval`` DataFrame attribute, such as a ``datadec.DataDecide`` (duck typed).
 
-The output names follow DESIGN.md §1: a task's primary score is the column named after the task, its other metrics
+The output names follow docs/dataset.md §1: a task's primary score is the column named after the task, its other metrics
 are ``<task>_<metric>``, perplexities ``<set>_valppl``. ``tokens`` and ``compute`` are taken from the input where it
-has them, else computed with DATA_FORMATS.md §3.4; ``lr_at_step`` likewise, with datadec's schedule formula
+has them, else computed with docs/sources.md §3.4; ``lr_at_step`` likewise, with datadec's schedule formula
 (:func:`scheduled_lr`), so raw and processed inputs agree.
 """
 
@@ -102,7 +102,7 @@ _RAW_PPL_COLUMN = re.compile(r"eval/(?P<set>.+)-validation/Perplexity")
 _FULL_EVAL_PPL_COLUMN = re.compile(r"(?P<set>.+)-valppl")
 
 # datadec's full_eval columns that are not ddxr variables: schedule, dataset features (hand estimates), model
-# details. ``total_tokens`` there is the planned total, never emitted (DATA_FORMATS.md §8.9).
+# details. ``total_tokens`` there is the planned total, never emitted (docs/sources.md §8.9).
 _FULL_EVAL_EXTRAS = frozenset(
     (
         "total_steps warmup_steps lr_max batch_size cumulative_lr total_tokens_billions pct_code pct_common_crawl "
@@ -257,7 +257,7 @@ def read_datadecide(source: str | os.PathLike | object, *, mean: bool = False) -
 
 
 def datadec_schedule(params: Sequence[str] = PARAMS) -> pd.DataFrame:
-    """datadec's training-schedule formulas per size (DATA_FORMATS.md §3.4), indexed by ``params``.
+    """datadec's training-schedule formulas per size (docs/sources.md §3.4), indexed by ``params``.
 
     datadec derives the schedule from a parameter count that is the true count below 150M and the round label from
     150M up; its ``lr_at_step`` is a linear warmup from 0 followed by a cosine decay to 1% of the peak at
@@ -532,7 +532,7 @@ def _require(columns: Iterable[str], required: Sequence[str], source: str, layou
     if missing:
         raise SourceError(
             f"{source}: missing column(s) {', '.join(map(repr, missing))}; expected the {layout} layout with "
-            f"{', '.join(required)} (DATA_FORMATS.md) — {hint or 'check that this is the right file'}"
+            f"{', '.join(required)} (docs/sources.md) — {hint or 'check that this is the right file'}"
         )
 
 

@@ -1,4 +1,4 @@
-"""The W&B store: post-training runs and their history in PostgreSQL or SQLite (DATA_FORMATS.md §4-§5).
+"""The W&B store: post-training runs and their history in PostgreSQL or SQLite (docs/sources.md §4-§5).
 
 :class:`WandBStore` reads both real table layouts — A, one merged ``raw_data`` JSONB per run; B, separate
 ``config`` / ``summary`` / ``wandb_metadata`` / ``system_metrics`` / ``system_attrs`` / ``sweep_info`` JSONB — and
@@ -802,7 +802,7 @@ def _dicts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
 
 
 def _tags(system_attrs: pd.Series, config: pd.Series) -> pd.Series:
-    """Tags by DATA_FORMATS §6.7: system_attrs tags (layout B) → config/raw_data ``wandb_tags`` split on ','."""
+    """Tags by docs/sources.md §6.7: system_attrs tags (layout B) → config/raw_data ``wandb_tags`` split on ','."""
     from_attrs = system_attrs.map(operator.methodcaller("get", "tags"))
     from_config = config.map(operator.methodcaller("get", "wandb_tags"))
     chosen = from_attrs.where(from_attrs.map(lambda tags: isinstance(tags, list)), from_config)

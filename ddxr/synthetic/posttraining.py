@@ -1,6 +1,6 @@
 """Deterministic generator of W&B-shaped post-training runs: supervised finetuning (SFT) and DPO.
 
-The runs look like the real ``ml-moe/ft-scaling`` export (DATA_FORMATS.md §4.2, §5-§8): launcher run names in every
+The runs look like the real ``ml-moe/ft-scaling`` export (docs/sources.md §4.2, §5-§8): launcher run names in every
 family of §6.3, configs with hyperparameters and launcher keys, summaries with the end-of-run OLMES evals, W&B launch
 metadata and attributes, and a training history logged every ``logging_steps`` (SFT) or every step (DPO). Finetuned
 scores continue the pretraining curves of :mod:`ddxr.synthetic.curves`: the score at the base checkpoint's compute
@@ -512,7 +512,7 @@ def _recipe_tokens(rng: np.random.Generator, data: np.ndarray) -> np.ndarray:
 
 
 def _name_codes(data: str) -> tuple[str, ...]:
-    """Run-name spellings of a recipe besides its slug and internal id (DATA_FORMATS.md §6.2)."""
+    """Run-name spellings of a recipe besides its slug and internal id (docs/sources.md §6.2)."""
     slug, internal = RECIPES.loc[data, "slug"], RECIPES.loc[data, "internal_id"]
     return tuple(code for code, name in RECIPE_CODES.items() if name == data and code not in (slug, internal))
 
@@ -1450,7 +1450,7 @@ def _system_attrs(
 
 
 def repaired_total_tokens(total_tokens: np.ndarray) -> np.ndarray:
-    """Repair token-counter restarts (DATA_FORMATS.md §8.10): shift each segment after a drop so that its first row
+    """Repair token-counter restarts (docs/sources.md §8.10): shift each segment after a drop so that its first row
     equals the previous row plus the median positive increment (the rule the progression manager applies).
 
     Parameters

@@ -1,7 +1,7 @@
 """Deterministic generator of realistic DataDecide tables: the raw Hugging Face exports and datadec's full_eval.
 
 The raw tables have the exact shape of ``allenai/DataDecide-eval-results`` and ``allenai/DataDecide-ppl-results``
-(DATA_FORMATS.md §2): string seed names, ``metrics`` as the text of a Python dict with 34 keys, NaN where real data
+(docs/sources.md §2): string seed names, ``metrics`` as the text of a Python dict with 34 keys, NaN where real data
 has it (no uncond metrics for boolq/winogrande, no perplexity at step 0), ``None`` for metrics a size lacks, and a
 perplexity-only checkpoint after the final step of 4M. Scores follow :mod:`ddxr.synthetic.curves`; the only
 randomness is seed noise drawn once per ``random_seed`` over the whole DataDecide grid, so any subset of sizes,
@@ -61,7 +61,7 @@ RAW_METRIC_KEYS = (
     *METRICS[10:],
 )
 
-#: Metrics that only the small sizes (batch 32: 4M-16M) report; larger sizes hold ``None`` (DATA_FORMATS.md §3.2).
+#: Metrics that only the small sizes (batch 32: 4M-16M) report; larger sizes hold ``None`` (docs/sources.md §3.2).
 OPTIONAL_METRICS = ("acc_per_byte", "no_answer", "sum_logits_corr", "logits_per_token_corr", "logits_per_char_corr")
 
 SEED_NOISE = 0.005  # sd of the primary-score noise between seeds and checkpoints
@@ -126,7 +126,7 @@ def generate_pretraining(
 
 
 def to_full_eval(downstream_eval: pd.DataFrame, ppl_eval: pd.DataFrame) -> pd.DataFrame:
-    """Build datadec's ``full_eval`` from the raw exports, as datadec does (DATA_FORMATS.md §3.1-§3.2).
+    """Build datadec's ``full_eval`` from the raw exports, as datadec does (docs/sources.md §3.1-§3.2).
 
     The metric dicts are expanded and ``mmlu_average`` added as the mean over MMLU subtask rows, then pivoted to
     ``<task>_<metric>`` columns, metric-major; perplexities are renamed ``<set>-valppl``; the two are merged outer on
@@ -332,7 +332,7 @@ def _metric_values(
     above = primary - chance
     progress = np.clip(above / (ceiling - chance), 0.0, 1.0)
     values = {metric: np.clip(primary + offset * above, 0.0, 1.0) for metric, offset in _ACC_OFFSETS.items()}
-    for metric in values:  # the primary metric copies its metric exactly (DATA_FORMATS.md §2.6)
+    for metric in values:  # the primary metric copies its metric exactly (docs/sources.md §2.6)
         is_primary = np.asarray([PRIMARY_METRIC[name] == metric for name in RAW_TASKS])[task]
         values[metric] = np.where(is_primary, primary, values[metric])
     correct_prob = 0.8 * chance + 0.5 * above
@@ -384,7 +384,7 @@ def _dict_texts(values: dict[str, np.ndarray], nones: dict[str, np.ndarray]) -> 
 
 
 def _full_eval_schedule(merged: pd.DataFrame) -> pd.DataFrame:
-    """The 12 key and schedule columns of full_eval (DATA_FORMATS.md §3.2)."""
+    """The 12 key and schedule columns of full_eval (docs/sources.md §3.2)."""
     params, step = merged["params"].to_numpy().astype(str), merged["step"].to_numpy(dtype=np.float64)
     schedule = datadec_schedule(PARAMS).reindex(params)
     tokens = tokens_at(params, step)
@@ -418,7 +418,7 @@ def _cumulative_lr(schedule: pd.DataFrame, step: np.ndarray) -> np.ndarray:
 
 
 def _with_model_details(full_eval: pd.DataFrame) -> pd.DataFrame:
-    """Append datadec's model-detail columns (formulas per size, DATA_FORMATS.md §3.2)."""
+    """Append datadec's model-detail columns (formulas per size, docs/sources.md §3.2)."""
     schedule = datadec_schedule(PARAMS).reindex(full_eval["params"].to_numpy().astype(str))
     details = pd.DataFrame(
         {
