@@ -33,7 +33,15 @@ from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
 from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
 
 #: Columns of the runs table carried into the runs Dataset besides the links.
-_RUN_FACTS = ("n_history_rows", "duplicate_steps", "tokens_repaired", "loss_summed", "tokens_estimated", "last_step")
+_RUN_FACTS = (
+    "n_history_rows",
+    "history_rows_skipped",
+    "duplicate_steps",
+    "tokens_repaired",
+    "loss_summed",
+    "tokens_estimated",
+    "last_step",
+)
 _KEYS = ["params", "data", "seed", "step"]
 
 

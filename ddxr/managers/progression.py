@@ -79,6 +79,8 @@ class ProgressionReport:
     runs_loss_summed: int = 0
     runs_tokens_estimated: int = 0
     runs_without_history: int = 0
+    #: ``{run_id: {reason: rows}}``: history rows left out of a run whose other rows were kept.
+    history_rows_skipped: dict[str, dict[str, int]] = field(default_factory=dict)
     base_checkpoints_missing: int = 0
     lineages_learning_rate_unknown: int = 0
     skipped_runs: dict[str, str] = field(default_factory=dict)
@@ -92,6 +94,8 @@ class ProgressionReport:
             "runs_loss_summed": self.runs_loss_summed,
             "runs_tokens_estimated": self.runs_tokens_estimated,
             "runs_without_history": self.runs_without_history,
+            "history_rows_skipped": sum(sum(reasons.values()) for reasons in self.history_rows_skipped.values()),
+            "history_rows_skipped_by_run": dict(sorted(self.history_rows_skipped.items())),
             "base_checkpoints_missing": self.base_checkpoints_missing,
             "lineages_learning_rate_unknown": self.lineages_learning_rate_unknown,
             "skipped_runs": dict(sorted(self.skipped_runs.items())),
@@ -114,7 +118,8 @@ def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Seri
     Returns
     -------
     repaired : pandas.Series
-        The counter with every restart shifted away.
+        The counter with every restart shifted away. Missing and non-finite values come back NaN and leave the
+        other rows as if they were absent: a row is compared with the last finite value before it.
     restarted : pandas.Series
         Per run: whether its counter restarted at least once.
 
@@ -123,9 +128,12 @@ def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Seri
     >>> tokens = pd.Series([10.0, 20.0, 30.0, 5.0, 15.0])
     >>> repair_token_restarts(tokens, pd.Series(["a"] * 5))[0].tolist()
     [10.0, 20.0, 30.0, 40.0, 50.0]
+    >>> repair_token_restarts(pd.Series([10.0, 20.0, float("inf"), 5.0]), pd.Series(["a"] * 4))[0].tolist()
+    [10.0, 20.0, nan, 30.0]
     """
     tokens = tokens.astype("float64")
-    previous = tokens.groupby(run_id, observed=True).shift()
+    tokens = tokens.where(np.isfinite(tokens))  # one inf would otherwise shift every later row of its run to inf
+    previous = tokens.groupby(run_id, observed=True).ffill().groupby(run_id, observed=True).shift()
     increment = tokens - previous
     median_increment = increment.where(increment > 0).groupby(run_id, observed=True).transform("median").fillna(0.0)
     restart = increment < 0
@@ -192,6 +200,7 @@ class TrainingProgressionManager:
         self.report.runs_with_duplicate_steps = int((facts["duplicate_steps"] > 0).sum())
         history = history[~duplicated].reset_index(drop=True)
 
+        history = self._drop_rows_without_counter(history, facts)
         run_type = history["run_id"].map(links["run_type"])
         history = history.assign(run_tokens=self._repaired_tokens(history, facts))
         history = self._drop_summed_losses(history, facts)
@@ -206,6 +215,28 @@ class TrainingProgressionManager:
         facts["final_run_tokens"] = history.groupby("run_id")["run_tokens"].max().reindex(facts.index)
         self.report.runs_tokens_estimated = int(facts["tokens_estimated"].sum())
         return history, facts
+
+    def _drop_rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
+        """Skip rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere.
+
+        W&B logs eval-only rows without the counter; a run's other rows keep their measured tokens rather than
+        the whole run falling back to an estimate (or vanishing when it has no budget). Runs that log no counter
+        at all (DPO) keep every row: their tokens are estimated. Skips are counted per run with their reason.
+        """
+        tokens = pd.to_numeric(history["total_tokens"], errors="coerce").astype("float64")
+        finite = np.isfinite(tokens)
+        counted = finite.groupby(history["run_id"], observed=True).transform("any")
+        skip = (counted & ~finite) | np.isinf(tokens)
+        reason = pd.Series(
+            np.where(np.isinf(tokens), "total_tokens is not finite", "total_tokens missing or not a number"),
+            index=history.index,
+        )
+        skipped = reason[skip].groupby([history["run_id"][skip], reason[skip]], observed=True).size()
+        for (run_id, why), count in skipped.items():  # a loop over (run, reason) pairs, not rows
+            self.report.history_rows_skipped.setdefault(str(run_id), {})[why] = int(count)
+        per_run = skip.groupby(history["run_id"], observed=True).sum()
+        facts["history_rows_skipped"] = per_run.reindex(facts.index, fill_value=0).astype("int64")
+        return history[~skip].assign(total_tokens=tokens[~skip]).reset_index(drop=True)
 
     def _repaired_tokens(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.Series:
         repaired, restarted = repair_token_restarts(history["total_tokens"], history["run_id"])
