@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 
 from ddxr.errors import LinkError
 from ddxr.facade import DataDecideNext
-from ddxr.managers.progression import SUMMED_LOSS_THRESHOLD, pretraining_lineage_id, repair_token_restarts
+from ddxr.managers.progression import (
+    SUMMED_LOSS_THRESHOLD,
+    TrainingProgressionManager,
+    pretraining_lineage_id,
+    repair_token_restarts,
+)
 from ddxr.synthetic import generate
 from ddxr.synthetic.posttraining import repaired_total_tokens
+from ddxr.vocabulary import SIZES
 
 counters = st.lists(
     st.lists(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=30),  # increments of one run
@@ -48,11 +54,43 @@ def test_pretraining_lineage_ids_escape_slashes_in_recipe_names():
 
 
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory):
+def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("progression")
     truth = generate(root / "sources", params=("4M", "150M"), data=("Dolma1.7", "C4"), n_runs=24)
-    dd = DataDecideNext(root / "sources", truth.store_url, cache_dir=root / "cache", progress=False)
+    return truth, DataDecideNext(root / "sources", truth.store_url, cache_dir=root / "cache", progress=False)
+
+
+@pytest.fixture(scope="module")
+def manager(built):
+    truth, dd = built
     return truth, dd.training
+
+
+def compute_per_token_of_each_lineage(points: pd.DataFrame) -> pd.Series:
+    trained = points[points["cumulative_tokens"] > 0]
+    ratio = trained["cumulative_compute"] / trained["cumulative_tokens"]
+    return ratio.groupby(trained["lineage"]).agg(["min", "max"])
+
+
+def test_compute_is_one_line_through_the_base(built):
+    """Post-training compute continues the pretraining table's own compute / tokens, whatever N the table used."""
+    _, dd = built
+    training = dd.training
+    per_lineage = compute_per_token_of_each_lineage(training.points())
+    np.testing.assert_allclose(per_lineage["max"], per_lineage["min"], rtol=1e-12)
+    phase = training.points()["pretraining_phase"]
+    assert phase.any() and (~phase).any()
+    # a source computing with the nominal N (4M -> 4e6): post-training points follow it, no jump at the base
+    nominal = training.pretraining.assign(
+        compute=lambda table: 6.0 * table["params"].map(SIZES["params_numeric"]) * table["tokens"]
+    )
+    links = training.relationships.links
+    history = dd._read_history(links.loc[links["link_status"] == "linked", "run_id"].tolist())
+    points = TrainingProgressionManager(nominal, history, training.relationships).points()
+    per_lineage = compute_per_token_of_each_lineage(points)
+    expected = 6.0 * per_lineage.index.map(points.groupby("lineage")["params"].first()).map(SIZES["params_numeric"])
+    np.testing.assert_allclose(per_lineage["min"], expected, rtol=1e-12)
+    np.testing.assert_allclose(per_lineage["max"], expected, rtol=1e-12)
 
 
 def test_curves_of_each_phase(manager):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ddxr.errors import LinkError
 from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.sources.datadecide import flops_per_token
 from ddxr.vocabulary import (
     DPO_TOKENS_PER_PAIR,
     PRETRAINING_LEARNING_RATE,
@@ -445,7 +446,8 @@ class TrainingProgressionManager:
         points = chains.merge(bases, on="lineage").merge(self._history, on="run_id")
         points = points.merge(offsets, on=["lineage", "run_id"])
         cumulative = points["offset"] + points["run_tokens"]
-        true_params = _size_column(points["params"], "true_params")
+        # the pretraining table's own FLOPs per token, so a lineage's compute stays one line through its base point
+        per_token = points["params"].map(self._flops_per_token).to_numpy(np.float64)
         last_step = points["run_id"].map(facts["last_step"])
         return pd.DataFrame(
             {
@@ -459,8 +461,9 @@ class TrainingProgressionManager:
                 "learning_rate": points["learning_rate"].to_numpy(np.float64),
                 "pretraining_phase": False,
                 "cumulative_tokens": cumulative.to_numpy(np.float64),
-                # pretraining compute is 6 N tokens too: 6 N cumulative tokens never counts anything twice
-                "cumulative_compute": 6.0 * true_params * cumulative.to_numpy(np.float64),
+                # pretraining compute is (FLOPs per token) x tokens too: the same factor x cumulative tokens never
+                # counts anything twice
+                "cumulative_compute": per_token * cumulative.to_numpy(np.float64),
                 "tokens_estimated": (
                     points["run_id"].map(facts["tokens_estimated"]) | points["offset_estimated"]
                 ).to_numpy(bool),
@@ -470,6 +473,11 @@ class TrainingProgressionManager:
                 "eval_run": np.where(points["step"] == last_step, points["run_id"], "").astype(object),
             }
         )
+
+    @property
+    def _flops_per_token(self) -> pd.Series:
+        table = self.pretraining
+        return flops_per_token(table["params"], table["tokens"], table["compute"])
 
     def _token_offsets(self, bases: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
         """Tokens seen before each run of a chain: the base's, plus the final tokens of its ancestors.

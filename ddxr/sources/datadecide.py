@@ -10,8 +10,10 @@ Three inputs give the same table (docs/sources.md §2-§3):
 
 The output names follow docs/dataset.md §1: a task's primary score is the column named after the task, its other metrics
 are ``<task>_<metric>``, perplexities ``<set>_valppl``. ``tokens`` and ``compute`` are taken from the input where it
-has them, else computed with docs/sources.md §3.4; ``lr_at_step`` likewise, with datadec's schedule formula
-(:func:`scheduled_lr`), so raw and processed inputs agree.
+has them, else computed (docs/sources.md §3.4): tokens = step × batch × 2048, compute = the input's own FLOPs per token of that size × tokens
+(:func:`flops_per_token`), so a model's compute follows one formula at every checkpoint, including checkpoints with
+perplexities but no downstream rows; ``lr_at_step`` likewise, with datadec's schedule formula (:func:`scheduled_lr`),
+so raw and processed inputs agree.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "PretrainingSource",
     "STRICT_DICT",
     "datadec_schedule",
+    "flops_per_token",
     "parse_metrics",
     "read_datadecide",
     "scheduled_lr",
@@ -457,7 +460,8 @@ class _Wide:
         params_code, data_code, seed, step = _decode_keys(self.keys)
         params = np.asarray(PARAMS)[params_code]
         tokens = _filled(self.schedule[:, 0], step * SIZES["tokens_per_step"].to_numpy(np.float64)[params_code])
-        compute = 6.0 * SIZES["true_params"].to_numpy(np.float64)[params_code] * tokens
+        per_token = flops_per_token(params, tokens, self.schedule[:, 1]).to_numpy(np.float64)
+        compute = per_token[params_code] * tokens
         keys = {
             "params": pd.array(params, dtype="str"),
             "data": pd.array(np.asarray(DATA)[data_code], dtype="str"),
@@ -476,6 +480,52 @@ class _Wide:
             metrics = np.concatenate([metrics, self.metrics[:, extra]], axis=1)
         names = pd.Index([*METRIC_COLUMNS, *(_COLUMNS[index] for index in extra)], dtype=object)
         return pd.concat([pd.DataFrame(keys), pd.DataFrame(metrics, columns=names, copy=False)], axis=1)
+
+
+def flops_per_token(
+    params: np.ndarray | pd.Series | Sequence[str], tokens: np.ndarray | pd.Series, compute: np.ndarray | pd.Series
+) -> pd.Series:
+    """Training FLOPs per token of each size, as the source's own ``compute`` column has them.
+
+    DataDecide's ``compute`` is 6 × N × tokens for one N per size. The published tables use the true non-embedding
+    parameter count (docs/sources.md §3.3: 3,744,832 for 4M); a source that used the nominal count of the size label
+    (4M → 4e6) is followed too. Per size, the median of compute / tokens over the rows that have both is matched to
+    6 × true N and 6 × nominal N (relative tolerance 1e-9) and the matching constant is returned exactly, so
+    ``flops_per_token × tokens`` reproduces the source's values bit for bit; a ratio matching neither is returned as
+    observed. Sizes without any ``compute`` in the source get 6 × true N.
+
+    Parameters
+    ----------
+    params : array-like of str
+        Size label of each row.
+    tokens, compute : array-like of float
+        Tokens and compute of each row; NaN compute = not given by the source.
+
+    Returns
+    -------
+    pandas.Series
+        FLOPs per token (float64), indexed by every size label of :data:`ddxr.vocabulary.PARAMS` in numeric order.
+
+    Examples
+    --------
+    >>> flops_per_token(["4M", "4M"], [1e6, 2e6], [2.4e13, np.nan])["4M"]
+    np.float64(24000000.0)
+    >>> float(flops_per_token([], [], [])["4M"]) == 6.0 * 3_744_832
+    True
+    """
+    params = np.asarray(params, dtype=object)
+    tokens = np.asarray(tokens, dtype=np.float64)
+    compute = np.asarray(compute, dtype=np.float64)
+    usable = np.isfinite(compute) & np.isfinite(tokens) & (tokens > 0)
+    observed = pd.Series(compute[usable] / tokens[usable]).groupby(params[usable]).median().reindex(SIZES.index)
+    true_n = 6.0 * SIZES["true_params"].astype(np.float64)
+    nominal_n = 6.0 * SIZES["params_numeric"].astype(np.float64)
+    matches = {
+        name: np.isclose(observed, constant, rtol=1e-9, atol=0.0)
+        for name, constant in (("true", true_n), ("nominal", nominal_n))
+    }
+    per_token = observed.where(~matches["nominal"], nominal_n).where(~matches["true"] & observed.notna(), true_n)
+    return per_token.rename("flops_per_token")
 
 
 def _filled(values: np.ndarray, formula: np.ndarray) -> np.ndarray:
