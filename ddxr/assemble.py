@@ -40,10 +40,10 @@ _COORD_ATTRS = {
     "cumulative_compute": {
         "long_name": "training compute since pretraining began",
         "units": "FLOPs",
-        "formula": "FLOPs per token of the size x cumulative_tokens, the factor being DataDecide's own compute / tokens "
-        "(6 x N; the published tables use the true non-embedding N, e.g. 3,744,832 for 4M); pretraining checkpoints "
-        "take DataDecide's compute, checkpoints without one (perplexity only) and post-training points the same "
-        "factor, so each model's compute is one line through its base checkpoint",
+        "formula": "FLOPs per token of the size x cumulative_tokens, the factor being DataDecide's own "
+        "compute / tokens (6 x N; the published tables use the true non-embedding N, e.g. 3,744,832 for 4M); "
+        "pretraining checkpoints take DataDecide's compute, checkpoints without one (perplexity only) and "
+        "post-training points the same factor, so each model's compute is one line through its base checkpoint",
     },
     "run_id": {"long_name": "run of the point (W&B run_id, or the pretraining lineage id)"},
     "run_type": {"long_name": "pretraining, supervised_ft or dpo"},

@@ -8,12 +8,12 @@ Three inputs give the same table (docs/sources.md §2-§3):
   preferred when present;
 - any object with a ``full_eval`` DataFrame attribute, such as a ``datadec.DataDecide`` (duck typed).
 
-The output names follow docs/dataset.md §1: a task's primary score is the column named after the task, its other metrics
-are ``<task>_<metric>``, perplexities ``<set>_valppl``. ``tokens`` and ``compute`` are taken from the input where it
-has them, else computed (docs/sources.md §3.4): tokens = step × batch × 2048, compute = the input's own FLOPs per token of that size × tokens
-(:func:`flops_per_token`), so a model's compute follows one formula at every checkpoint, including checkpoints with
-perplexities but no downstream rows; ``lr_at_step`` likewise, with datadec's schedule formula (:func:`scheduled_lr`),
-so raw and processed inputs agree.
+The output names follow docs/dataset.md §1: a task's primary score is the column named after the task, its other
+metrics are ``<task>_<metric>``, perplexities ``<set>_valppl``. ``tokens`` and ``compute`` are taken from the input
+where it has them, else computed (docs/sources.md §3.4): tokens = step × batch × 2048, compute = the input's own FLOPs
+per token of that size × tokens (:func:`flops_per_token`), so a model's compute follows one formula at every
+checkpoint, including checkpoints with perplexities but no downstream rows; ``lr_at_step`` likewise, with datadec's
+schedule formula (:func:`scheduled_lr`), so raw and processed inputs agree.
 """
 
 from __future__ import annotations
