@@ -3,18 +3,25 @@ and what to do, or a counted skip in the build report — never a lost run, a le
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
+import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import psycopg2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ddxr.cli import main
+from ddxr.errors import SourceError
 from ddxr.facade import DataDecideNext
 from ddxr.managers.progression import repair_token_restarts
+from ddxr.sources.wandb_store import WandBStore
 from ddxr.synthetic import generate
 
 
@@ -105,3 +112,89 @@ def test_token_repair_never_propagates_non_finite_counters(increments, bad_value
     assert repaired[~finite].isna().all()
     np.testing.assert_allclose(repaired[finite].to_numpy(), expected.to_numpy())
     assert bool(restarted["run"]) == bool(expected_restart["run"])
+
+
+# ----------------------------------------------------------------------------------------------- secrets
+
+SECRET = "Zq9-s3cr@t/x"  # '@' and '/' make its URL spelling percent-encoded
+QUOTED = quote(SECRET, safe="")
+
+
+def _with_secret(pg_url: str, where: str) -> str:
+    server, database = pg_url.rsplit("/", 1)
+    if where == "userinfo":
+        return f"{server.replace('postgres@', f'postgres:{QUOTED}@')}/{database}"
+    return f"{pg_url}?sslmode=disable&{where}={QUOTED}"
+
+
+def _error_text(error: BaseException) -> str:
+    return " ".join(f"{link!s} {link!r}" for link in (error, error.__cause__, error.__context__))
+
+
+@pytest.mark.parametrize("where", ["userinfo", "password", "sslpassword", "passfile", "PASSWORD", "api_token"])
+def test_every_credential_of_a_url_is_redacted(pg_url, where):
+    url = _with_secret(pg_url, where)
+    shown = []
+    try:
+        store = WandBStore(url)  # trust auth ignores passwords; libpq refuses unknown options
+    except SourceError as error:
+        assert where in ("PASSWORD", "api_token") and "invalid connection option" in str(error)
+        shown.append(_error_text(error))
+    else:
+        with store:
+            with pytest.raises(SourceError, match="no wandb_runs table") as caught:
+                store.read_runs()
+            store.create_tables()
+            shown += [_error_text(caught.value), store.url_redacted, repr(store), json.dumps(store.stats())]
+            assert "***" in store.url_redacted
+    unreachable = url.replace(":5432/", ":1/")
+    with pytest.raises(SourceError, match="cannot connect") as caught:
+        WandBStore(unreachable)
+    shown.append(_error_text(caught.value))
+    for text in shown:
+        assert SECRET not in text and QUOTED not in text and "s3cr" not in text
+
+
+def test_secrets_stay_out_of_the_file_and_ddxr_info(pg_url, tmp_path, capsys):
+    url = f"{pg_url.replace('postgres@', f'postgres:{QUOTED}@')}?sslpassword={QUOTED}"
+    generate(tmp_path / "sources", store_url=url, params=("4M",), data=("Dolma1.7",), n_runs=3, messy=False)
+    dd = DataDecideNext(tmp_path / "sources", url, cache_dir=tmp_path / "cache", progress=False)
+    curves = dd.dataset()
+    sources = json.loads(curves.attrs["sources"])["wandb_store"]
+    assert sources.startswith("postgresql://postgres:***@") and sources.endswith("?sslmode") is False
+    assert "sslpassword=***" in sources
+    assert main(["info", str(dd.cache_path())]) == 0
+    printed = capsys.readouterr()
+    assert "sslpassword=***" in printed.out
+    for text in (printed.out, printed.err, dd.cache_path().read_bytes().decode("latin-1")):
+        assert SECRET not in text and QUOTED not in text and "s3cr" not in text
+
+
+# ----------------------------------------------------------------------------------------------- resources
+
+
+def test_a_locked_store_table_fails_with_a_timeout_instead_of_hanging(pg_url):
+    with WandBStore(pg_url) as store:
+        store.create_tables()
+    holder = psycopg2.connect(pg_url)  # a second session, e.g. a downloader rewriting the table
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("LOCK TABLE wandb_history IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with WandBStore(pg_url, lock_timeout=0.5) as store, pytest.raises(SourceError) as caught:
+            store.read_history(None, ["train_loss"])
+        assert time.monotonic() - started < 10
+        message = str(caught.value)
+        assert "did not answer in time" in message and "lock timeout" in message
+        assert "another session holds a lock" in message and "lock_timeout" in message
+        # the URL's own options win over the keyword
+        with WandBStore(f"{pg_url}?options=-c%20lock_timeout%3D300ms", lock_timeout=None) as store:
+            with pytest.raises(SourceError, match="did not answer in time"):
+                store.stats()
+    finally:
+        holder.rollback()
+        holder.close()
+    with WandBStore(pg_url, lock_timeout=0.5) as store:  # the lock is gone: reads work again
+        assert store.read_history(None, ["train_loss"]).empty
+    with pytest.raises(SourceError, match="lock_timeout must be a number of seconds"):
+        WandBStore(pg_url, lock_timeout=-1)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
 
 import psycopg2
+import psycopg2.errors
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
@@ -30,6 +33,9 @@ URL_HELP = "use postgresql://user@host:port/database or sqlite:///path/to/runs.d
 _POSTGRES_DRIVERS = {"", "psycopg2", "psycopg"}
 _SQLITE_DRIVERS = {"", "pysqlite"}
 _CONNECT_TIMEOUT_S = 10
+#: Query parameters whose values are credentials: libpq's ``password`` and ``sslpassword``, its ``passfile`` (a path
+#: to passwords), and any other parameter a driver or proxy may read a secret from (``*_token``, ``*secret*``).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|credential", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,9 @@ class StoreURL:
     url : sqlalchemy.engine.URL
         The URL with the driver ddxr uses (``postgresql+psycopg2`` or ``sqlite``).
     redacted : str
-        The URL as the user wrote it, with any password replaced by ``***``.
+        The URL as the user wrote it, with the password and every credential query parameter (``password``,
+        ``sslpassword``, ``passfile``, any name holding ``pass``, ``pwd``, ``secret``, ``token`` or ``credential``)
+        replaced by ``***``.
     secrets : tuple of str
         Strings that must never be shown (the password, from the userinfo or the query string).
     """
@@ -58,14 +66,27 @@ class StoreURL:
     def scrub(self, text: str) -> str:
         """``text`` with every secret replaced by ``***`` (driver messages may echo connection parameters)."""
         for secret in self.secrets:
-            text = text.replace(secret, "***")
+            # the URL's spelling of a secret may be percent-encoded too
+            for spelling in dict.fromkeys((secret, quote(secret, safe=""), quote_plus(secret, safe=""))):
+                text = text.replace(spelling, "***")
         return text
 
-    def create_engine(self) -> sa.Engine:
-        """An engine for this URL, with a bounded connect timeout on PostgreSQL."""
-        connect_args = {}
-        if self.dialect == "postgresql" and "connect_timeout" not in self.url.query:
+    def create_engine(self, *, lock_timeout: float | None = None, statement_timeout: float | None = None) -> sa.Engine:
+        """An engine for this URL; on PostgreSQL with a bounded connect timeout, and the given lock and statement
+        timeouts (seconds; None or 0: wait forever) set on every session.
+
+        The URL's own ``options`` come after ddxr's, so ``?options=-c lock_timeout=5s`` in the URL wins.
+        """
+        connect_args: dict[str, object] = {}
+        if self.dialect != "postgresql":
+            return sa.create_engine(self.url)
+        if "connect_timeout" not in self.url.query:
             connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+        settings = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout}
+        options = [f"-c {name}={round(seconds * 1000)}" for name, seconds in settings.items() if seconds]
+        options.extend(_values(self.url.query.get("options", ())))
+        if options:
+            connect_args["options"] = " ".join(options)
         return sa.create_engine(self.url, connect_args=connect_args)
 
 
@@ -91,18 +112,23 @@ def parse_url(url: str) -> StoreURL:
         given = make_url(url)
     except (sa.exc.ArgumentError, TypeError, ValueError):
         raise SourceError(f"cannot parse the W&B store URL (not shown: it may hold a password); {URL_HELP}") from None
-    query_passwords = given.query.get("password") or ()
-    if isinstance(query_passwords, str):  # libpq also takes the password as a query parameter
-        query_passwords = (query_passwords,)
-    secrets = tuple(secret for secret in (given.password, *query_passwords) if secret)
-    shown = given.update_query_dict({"password": "***"}) if query_passwords else given
-    redacted = shown.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
+    secret_keys = [key for key in given.query if _SECRET_PARAMETER.search(key)]
+    query_secrets = [value for key in secret_keys for value in _values(given.query[key])]
+    # longest first, so that a secret holding another is replaced whole
+    secrets = tuple(sorted({secret for secret in (given.password, *query_secrets) if secret}, key=len, reverse=True))
+    shown = given.update_query_dict(dict.fromkeys(secret_keys, "***")) if secret_keys else given
+    redacted = shown.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
     backend, _, driver = given.drivername.partition("+")
     if backend in ("postgresql", "postgres") and driver in _POSTGRES_DRIVERS:
         return StoreURL(given.set(drivername="postgresql+psycopg2"), redacted, secrets)
     if backend == "sqlite" and driver in _SQLITE_DRIVERS:
         return StoreURL(given, redacted, secrets)
     raise SourceError(f"unsupported database URL scheme {given.drivername!r} in {redacted}; {URL_HELP}")
+
+
+def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A query parameter's values (SQLAlchemy gives a tuple when the parameter is repeated)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def driver_message(error: Exception) -> str:
@@ -119,6 +145,15 @@ def translated_errors(url: StoreURL) -> Iterator[None]:
     try:
         yield
     except (sa.exc.DBAPIError, psycopg2.Error, sqlite3.Error) as error:
+        original = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+        if isinstance(original, psycopg2.errors.LockNotAvailable | psycopg2.errors.QueryCanceled):
+            raise SourceError(
+                f"the W&B store at {url.redacted} did not answer in time ({url.scrub(driver_message(error))}): "
+                "another session holds a lock on a store table (e.g. a running downloader's transaction, see "
+                "pg_locks) or the query ran past its statement timeout; retry when that session ends, or raise "
+                "the timeout with WandBStore(url, lock_timeout=…, statement_timeout=…) or "
+                "?options=-c lock_timeout=…s in the URL"
+            ) from None
         raise SourceError(
             f"the W&B store at {url.redacted} failed: {url.scrub(driver_message(error))}; check that its tables "
             "were written by a W&B downloader or WandBStore"

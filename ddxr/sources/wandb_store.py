@@ -42,6 +42,9 @@ __all__ = ["COERCION_FAILURES", "WandBStore"]
 #: Key of ``DataFrame.attrs`` holding ``{metric key: number of non-numeric values read as NaN}``.
 COERCION_FAILURES = "coercion_failures"
 
+#: Seconds a PostgreSQL statement waits for another session's lock on a store table before failing.
+DEFAULT_LOCK_TIMEOUT = 60.0
+
 RUN_TEXT_COLUMNS = ("run_id", "run_name", "state", "project", "entity")
 RUN_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_metrics", "system_attrs", "sweep_info")
 #: JSON columns :meth:`WandBStore.read_runs` returns and :meth:`WandBStore.read_run_entries` accepts.
@@ -109,6 +112,12 @@ class WandBStore:
         always reached through psycopg2) or ``sqlite:///path/to/runs.db``.
     chunk_size : int, default 50_000
         Rows per chunk when streaming history out of, or writing it into, the store.
+    lock_timeout : float or None, default 60
+        PostgreSQL: seconds a statement waits for a lock another session holds on a store table (a downloader
+        rewriting it) before failing with a SourceError; None waits forever. ``?options=-c lock_timeout=5s`` in
+        the URL overrides it.
+    statement_timeout : float or None, default None
+        PostgreSQL: seconds any one statement may run; None (default) sets no limit.
 
     Raises
     ------
@@ -125,10 +134,23 @@ class WandBStore:
     (0, 13)
     """
 
-    def __init__(self, url: str, *, chunk_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        chunk_size: int = 50_000,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+        statement_timeout: float | None = None,
+    ) -> None:
         self._url: StoreURL = parse_url(url)
         self.chunk_size = _positive(chunk_size)
-        self._engine = self._url.create_engine()
+        timeouts = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout}
+        for name, seconds in timeouts.items():
+            if seconds is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0
+            ):
+                raise SourceError(f"{name} must be a number of seconds ≥ 0 or None, got {seconds!r}")
+        self._engine = self._url.create_engine(**timeouts)
         self._schema_cache: _Schema | None = None
         with self._connect():  # an unreachable server fails here, not at the first read
             pass
