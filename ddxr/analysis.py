@@ -29,8 +29,8 @@ from numpy.typing import ArrayLike
 from xarray.indexes import PandasMultiIndex
 
 from ddxr.errors import DdxrError, SelectionError
-from ddxr.frames import INDEX_LEVELS, POINT_COORDS, metric_matrix, metric_names, point_coords, point_order
-from ddxr.managers.progression import pretraining_lineage_id
+from ddxr.frames import metric_matrix, metric_names, point_coords, point_order
+from ddxr.schema import LEVELS, POINT_COORDS, pretraining_lineage_id
 from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE
 
 #: Seed of lineages aggregated over seeds.
@@ -177,7 +177,7 @@ def _lineage_dataset(
 
 def _point_dataset(ds: xr.Dataset, points: pd.DataFrame, variables: dict[str, np.ndarray]) -> xr.Dataset:
     """A Dataset of the contract from point coordinates and metric arrays, with ``ds``'s index type and attrs."""
-    index = pd.MultiIndex.from_frame(points[list(INDEX_LEVELS)])
+    index = pd.MultiIndex.from_frame(points[list(LEVELS)])
     template = ds.xindexes.get("point")
     index_type = type(template) if isinstance(template, PandasMultiIndex) else PandasMultiIndex
     result = xr.Dataset(
@@ -185,11 +185,11 @@ def _point_dataset(ds: xr.Dataset, points: pd.DataFrame, variables: dict[str, np
         coords=xr.Coordinates.from_xindex(index_type(index, "point")),
         attrs=ds.attrs,
     )
-    others = [name for name in points.columns if name not in INDEX_LEVELS]
+    others = [name for name in points.columns if name not in LEVELS]
     result = result.assign_coords(
         {name: ("point", points[name].to_numpy(), ds[name].attrs if name in ds.coords else {}) for name in others}
     )
-    for level in INDEX_LEVELS:
+    for level in LEVELS:
         result[level].attrs.update(ds[level].attrs)
     return result
 

@@ -13,12 +13,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ddxr.errors import BuildError
-from ddxr.index import LEVELS, POINT_DIM, point_coordinates
+from ddxr.index import point_coordinates
 from ddxr.managers.evaluations import HISTORY_VARIABLES
-
-#: Non-index coordinates along ``point``.
-POINT_COORDS = ("run_id", "run_type", "seed", "step", "pretraining_phase", "cumulative_compute", "tokens_estimated")
+from ddxr.schema import COORDS, LEVELS, POINT_DIM, validate_points
 
 _COORD_ATTRS = {
     "lineage": {
@@ -52,26 +49,6 @@ _COORD_ATTRS = {
     "pretraining_phase": {"long_name": "point comes from the pretraining base"},
     "tokens_estimated": {"long_name": "cumulative_tokens of this point rests on an estimate"},
 }
-
-
-def validate_points(points: pd.DataFrame) -> None:
-    """Check the contract of the point table before it becomes a Dataset.
-
-    Raises
-    ------
-    BuildError
-        If an index level holds missing values or a (lineage, run_id, step) occurs twice.
-    """
-    missing = [level for level in LEVELS if points[level].isna().any()]
-    if missing:
-        raise BuildError(f"index levels {missing} hold missing values; every point needs a value on every level")
-    duplicated = points.duplicated(["lineage", "run_id", "step"], keep=False)
-    if duplicated.any():
-        example = points.loc[duplicated, ["lineage", "run_id", "step"]].head(3).to_dict("records")
-        raise BuildError(
-            f"{int(duplicated.sum())} points repeat a (lineage, run_id, step), e.g. {example}; "
-            "this is a ddxr bug: please report it with the build report"
-        )
 
 
 def _gather(values: pd.Series, rows: np.ndarray, present: np.ndarray, out: np.ndarray) -> None:
@@ -132,7 +109,7 @@ def assemble_curves(
 
     coords = point_coordinates(points[list(LEVELS)])
     dataset = xr.Dataset(data_vars, coords=coords, attrs=attrs or {})
-    dataset = dataset.assign_coords({name: (POINT_DIM, _coordinate_values(points[name])) for name in POINT_COORDS})
+    dataset = dataset.assign_coords({name: (POINT_DIM, _coordinate_values(points[name])) for name in COORDS})
     for name, coord_attrs in _COORD_ATTRS.items():
         dataset[name].attrs.update(coord_attrs)
     return dataset

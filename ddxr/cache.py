@@ -32,7 +32,8 @@ from xarray.indexes import PandasIndex, PandasMultiIndex
 
 import ddxr
 from ddxr.errors import BuildError, CacheError
-from ddxr.index import FLOAT_LEVELS, LEVELS, POINT_DIM, set_ddxr_index
+from ddxr.index import set_ddxr_index
+from ddxr.schema import FLOAT_LEVELS, POINT_DIM, validate_dataset
 
 #: Version of the file layout; files written by a newer layout are refused.
 SCHEMA_VERSION: int = 1
@@ -47,8 +48,6 @@ _CATEGORIES_ATTR = "ddxr_categories"  # on a codes variable: the variable holdin
 _JSON_ATTRS = "ddxr_json_attrs"  # names of the attributes stored as JSON text
 _BOOLEAN_ATTR = "ddxr_boolean"  # on an int8 variable: it holds booleans (decoded by ddxr, see _encode_booleans)
 _INDEXES_ATTR = "ddxr_indexes"  # coordinates indexed without being dimension coordinates (runs: run_id along run)
-_UNIQUE_BY = ("lineage", "run_id", "step")
-_SHOWN = 3  # examples quoted in an error message
 _READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError)  # what netCDF4/HDF5 raise on bad files
 
 
@@ -237,35 +236,10 @@ def cached_build(
 
 def _checked_curves(curves: xr.Dataset) -> xr.Dataset:
     """The curves with a clean ddxr index, after checking the Dataset contract the file format relies on."""
-    index = curves.xindexes.get(POINT_DIM)
-    if not isinstance(index, PandasMultiIndex):
-        raise BuildError(
-            f"curves Dataset: expected a MultiIndex over {POINT_DIM!r} with levels {list(LEVELS)}, found "
-            f"{type(index).__name__ if index is not None else 'no index'}; build it with ddxr.index.point_coordinates"
-        )
-    absent = [name for name in _UNIQUE_BY if name not in curves.coords]
-    if absent:
-        raise BuildError(f"curves Dataset: expected point coordinates {list(_UNIQUE_BY)}, missing {absent}")
-    curves = set_ddxr_index(curves.drop_encoding())  # refuses missing level values, drops unused ones
+    validate_dataset(curves)
+    curves = set_ddxr_index(curves.drop_encoding())  # drops unused level values
     _check_strings(curves, "curves")
-    _check_unique(curves)
     return curves
-
-
-def _check_unique(curves: xr.Dataset) -> None:
-    lineage = curves.xindexes[POINT_DIM].index.codes[LEVELS.index("lineage")]
-    # integer keys hash much faster than two million strings
-    keys = pd.DataFrame(
-        {"lineage": lineage, "run_id": pd.factorize(curves["run_id"].values)[0], "step": curves["step"].values}
-    )
-    duplicated = keys.duplicated(keep=False).to_numpy()
-    if duplicated.any():
-        shared = pd.DataFrame({name: curves[name].values[duplicated] for name in _UNIQUE_BY}).drop_duplicates()
-        raise BuildError(
-            f"curves Dataset: expected points unique by {_UNIQUE_BY}, found {int(duplicated.sum())} points sharing a "
-            f"key, e.g. {list(shared.head(_SHOWN).itertuples(index=False, name=None))}; drop or merge the duplicates "
-            "before writing"
-        )
 
 
 def _check_strings(ds: xr.Dataset, where: str) -> None:

@@ -15,25 +15,8 @@ import pandas as pd
 import xarray as xr
 
 from ddxr.errors import DdxrError, SelectionError
+from ddxr.schema import POINT_COORDS, RUN_TYPES
 from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE
-
-#: Levels of the ``point`` MultiIndex, in index order.
-INDEX_LEVELS = ("lineage", "params", "data", "learning_rate", "cumulative_tokens")
-
-#: Every point coordinate of the Dataset contract, in the column order of :func:`to_frame`.
-POINT_COORDS = (
-    *INDEX_LEVELS,
-    "run_id",
-    "run_type",
-    "seed",
-    "step",
-    "pretraining_phase",
-    "cumulative_compute",
-    "tokens_estimated",
-)
-
-#: Run types in the order they follow each other along a lineage.
-RUN_TYPES = ("pretraining", "supervised_ft", "dpo")
 
 #: Label of the learning-rate sentinel of pretraining-only lineages.
 PRETRAINING_LABEL = "pretraining"

@@ -18,14 +18,8 @@ from xarray.core.indexing import IndexSelResult
 from xarray.indexes import PandasMultiIndex
 
 from ddxr.errors import BuildError, SelectionError
-from ddxr.vocabulary import PRETRAINING_LEARNING_RATE
+from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, check_complete, check_levels
 
-#: The dimension every training point lies on.
-POINT_DIM = "point"
-#: Levels of the ``point`` MultiIndex, in order (docs/dataset.md §2).
-LEVELS = ("lineage", "params", "data", "learning_rate", "cumulative_tokens")
-#: Levels that hold floats and are matched with a relative tolerance.
-FLOAT_LEVELS = ("learning_rate", "cumulative_tokens")
 #: Relative tolerance of float matching: ``1e-5`` typed by a user matches a stored ``1.0000000000000001e-05``.
 RELATIVE_TOLERANCE = 1e-9
 
@@ -68,6 +62,28 @@ class DdxrIndex(PandasMultiIndex):
     """
 
     __slots__ = ()
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[Any, xr.Variable], *, options: Mapping[str, Any]) -> DdxrIndex:
+        """Build the index from level coordinates (``ds.set_xindex(list(LEVELS), DdxrIndex)``), checking the contract.
+
+        Raises
+        ------
+        BuildError
+            If the coordinates are not exactly the levels of :data:`~ddxr.schema.LEVELS` along ``point``, or a level
+            holds missing values.
+        """
+        check_levels(list(variables), "set_xindex")
+        dims = {variable.dims for variable in variables.values()}
+        if dims != {(POINT_DIM,)}:
+            raise BuildError(f"set_xindex: expected the levels along ({POINT_DIM!r},), found dimensions {sorted(dims)}")
+        check_complete(
+            {name: int(pd.isna(variable.values).sum()) for name, variable in variables.items()}, "set_xindex"
+        )
+        ordered = {name: variables[name] for name in LEVELS}
+        index = pd.MultiIndex.from_arrays([variable.values for variable in ordered.values()], names=list(LEVELS))
+        dtypes = {name: variable.dtype for name, variable in ordered.items()}
+        return cls(_without_unused_levels(index), POINT_DIM, level_coords_dtype=dtypes)
 
     def sel(self, labels: dict[Any, Any], method: str | None = None, tolerance: Any = None) -> IndexSelResult:
         if not set(labels) <= set(self.index.names):  # labels for the `point` dimension itself: stock behaviour
@@ -131,7 +147,7 @@ def point_coordinates(frame: pd.DataFrame) -> xr.Coordinates:
             f"point frame: expected level columns {list(LEVELS)}, missing {missing}; add them before assembling"
         )
     levels = frame[list(LEVELS)].astype(dict.fromkeys(FLOAT_LEVELS, "float64"))
-    _check_complete(levels.isna().sum().to_dict(), "point frame")
+    check_complete(levels.isna().sum().to_dict(), "point frame")
     return xr.Coordinates.from_xindex(DdxrIndex(pd.MultiIndex.from_frame(levels), POINT_DIM))
 
 
@@ -157,12 +173,9 @@ def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
     """
     current = ds.xindexes.get(POINT_DIM)
     if isinstance(current, PandasMultiIndex):
-        if set(current.index.names) != set(LEVELS):
-            raise BuildError(
-                f"Dataset index {POINT_DIM!r}: expected levels {list(LEVELS)}, found {list(current.index.names)}"
-            )
+        check_levels(list(current.index.names), "Dataset")
         index = current.index.reorder_levels(list(LEVELS))
-        _check_complete(
+        check_complete(
             {name: int((codes < 0).sum()) for name, codes in zip(LEVELS, index.codes, strict=True)}, "Dataset"
         )
         dtypes = {name: current.level_coords_dtype[name] for name in LEVELS}
@@ -175,7 +188,7 @@ def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
                 "build it with ddxr.index.point_coordinates"
             )
         levels = pd.DataFrame({name: ds[name].values for name in LEVELS})
-        _check_complete(levels.isna().sum().to_dict(), "Dataset")
+        check_complete(levels.isna().sum().to_dict(), "Dataset")
         index = pd.MultiIndex.from_frame(levels)
         dtypes = {name: ds[name].dtype for name in LEVELS}
         if POINT_DIM in ds.xindexes:
@@ -375,16 +388,6 @@ def _check_method(method: str | None, tolerance: Any) -> None:
         raise SelectionError(f"method={method!r} is unsupported: ddxr selections take method=None or 'nearest'")
     if tolerance is not None and method is None:
         raise SelectionError("tolerance= needs method='nearest'")
-
-
-def _check_complete(missing: Mapping[str, int], where: str) -> None:
-    """Refuse missing level values (``missing``: count per level): NaN breaks the encoding and ``.sel``."""
-    if any(missing.values()):
-        found = ", ".join(f"{name}: {count}" for name, count in missing.items() if count)
-        raise BuildError(
-            f"{where}: index levels must not hold missing values (NaN breaks encoding and .sel), found {found}; "
-            f"use sentinels (learning_rate {PRETRAINING_LEARNING_RATE} for pretraining-only lineages)"
-        )
 
 
 def _without_unused_levels(index: pd.MultiIndex) -> pd.MultiIndex:

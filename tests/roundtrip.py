@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import ddxr
 from ddxr.cache import SCHEMA_VERSION, open_dataset, open_runs, write_dataset
-from ddxr.index import POINT_DIM, point_coordinates
+from ddxr.index import point_coordinates
+from ddxr.schema import POINT_DIM, RUN_TYPES
 from ddxr.synthetic.curves import checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
 from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES
 
@@ -211,7 +212,7 @@ DATA_POOL = ("Dolma1.7", "C4", "DCLM-Baseline 25% / Dolma 75%", "Falcon+CC (QC 1
 #: Includes 3e-5 computed two ways (3e-5 and 3 * 1e-5 differ in the last bit) to exercise tolerant matching.
 LEARNING_RATE_POOL = (PRETRAINING_LEARNING_RATE, 5e-7, 1e-5, 3e-5, 3 * 1e-5, 1e-4)
 TOKENS_POOL = (0.0, 65_536.0, 491_520_000.0, 5_734_400_000.0, 5_825_730_008.0, 1.5e10)
-RUN_TYPES = ("pretraining", "supervised_ft", "dpo")
+
 _ATTR_KEYS = ("note", "sources", "build_report", "fingerprint", "higher_is_better", "long_name", "formula")
 _TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=12)
 _ATTR_VALUES = st.recursive(

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from ddxr import frames
 from ddxr.errors import DdxrError, SelectionError
-from ddxr.frames import INDEX_LEVELS, POINT_COORDS, learning_rate_labels, params_categorical, to_frame
+from ddxr.frames import learning_rate_labels, params_categorical, to_frame
+from ddxr.schema import LEVELS, POINT_COORDS
 from ddxr.vocabulary import DATA, PARAMS, RECIPES
 
 matplotlib.use("Agg")
@@ -60,11 +61,9 @@ DTYPES = {
 
 def dataset(rows: pd.DataFrame) -> xr.Dataset:
     """A ddxr Dataset from one row per point (point coordinates and METRICS columns), metrics as float32."""
-    coords = xr.Coordinates.from_pandas_multiindex(pd.MultiIndex.from_frame(rows[list(INDEX_LEVELS)]), "point")
+    coords = xr.Coordinates.from_pandas_multiindex(pd.MultiIndex.from_frame(rows[list(LEVELS)]), "point")
     ds = xr.Dataset({name: ("point", rows[name].to_numpy(np.float32)) for name in METRICS}, coords=coords)
-    return ds.assign_coords(
-        {name: ("point", rows[name].to_numpy()) for name in POINT_COORDS if name not in INDEX_LEVELS}
-    )
+    return ds.assign_coords({name: ("point", rows[name].to_numpy()) for name in POINT_COORDS if name not in LEVELS})
 
 
 def lineage(

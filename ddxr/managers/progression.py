@@ -18,11 +18,11 @@ import pandas as pd
 
 from ddxr.errors import LinkError
 from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.schema import pretraining_lineage_id
 from ddxr.sources.datadecide import flops_per_token
 from ddxr.vocabulary import (
     DPO_TOKENS_PER_PAIR,
     PRETRAINING_LEARNING_RATE,
-    RECIPES,
     SIZES,
     UNKNOWN_LEARNING_RATE,
 )
@@ -53,17 +53,6 @@ POINT_COLUMNS = [
     "pretraining_row",
     "eval_run",
 ]
-
-
-def pretraining_lineage_id(params: pd.Series, data: pd.Series, seed: pd.Series | str) -> pd.Series:
-    """Lineage id of pretraining runs: ``{params}/{slug}/seed{seed}``.
-
-    The recipe's HF slug stands in for its display name because three display names contain ``/``; a name outside
-    the crosswalk keeps its own spelling. A string ``seed`` is used as the suffix itself (``"mean"``).
-    """
-    slug = data.map(RECIPES["slug"]).fillna(data)
-    suffix = seed if isinstance(seed, str) else "seed" + seed.astype("int64").astype(str)
-    return params.astype(str) + "/" + slug + "/" + suffix
 
 
 def _size_column(params: pd.Series, column: str) -> np.ndarray:

@@ -1,0 +1,163 @@
+"""The Dataset contract, in one place: dimension, index levels, point coordinates, keys, run types, lineage ids.
+
+Every module that builds, stores, selects or exports a ddxr Dataset takes these names from here, and the checks
+below are the only spelling of the contract's rules:
+
+- one dimension, :data:`POINT_DIM`, with a MultiIndex over :data:`LEVELS` (no missing values on any level);
+- the non-index point coordinates :data:`COORDS`;
+- every point unique by :data:`KEYS`;
+- ``run_type`` one of :data:`RUN_TYPES`; pretraining lineages named by :func:`pretraining_lineage_id`.
+
+This module sits below everything else (it imports only :mod:`ddxr.errors` and :mod:`ddxr.vocabulary`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+import xarray as xr
+from xarray.indexes import PandasMultiIndex
+
+from ddxr.errors import BuildError
+from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES
+
+#: The dimension every training point lies on.
+POINT_DIM = "point"
+#: Levels of the ``point`` MultiIndex, in index order.
+LEVELS = ("lineage", "params", "data", "learning_rate", "cumulative_tokens")
+#: Levels that hold floats and are matched with a relative tolerance.
+FLOAT_LEVELS = ("learning_rate", "cumulative_tokens")
+#: Point coordinates outside the index, in order.
+COORDS = ("run_id", "run_type", "seed", "step", "pretraining_phase", "cumulative_compute", "tokens_estimated")
+#: Every point coordinate of the contract: the levels, then the other coordinates (the column order of exports).
+POINT_COORDS = (*LEVELS, *COORDS)
+#: Every point is unique by these coordinates (a DPO lineage holds pretraining, SFT and DPO points).
+KEYS = ("lineage", "run_id", "step")
+#: Run types in the order they follow each other along a lineage.
+RUN_TYPES = ("pretraining", "supervised_ft", "dpo")
+#: Dimension and index of the runs table.
+RUN_DIM, RUN_INDEX = "run", "run_id"
+
+_SHOWN = 3  # examples quoted in an error message
+
+
+def pretraining_lineage_id(params: pd.Series, data: pd.Series, seed: pd.Series | str) -> pd.Series:
+    """Lineage id of pretraining runs: ``{params}/{slug}/seed{seed}``.
+
+    The recipe's HF slug stands in for its display name because three display names contain ``/``; a name outside
+    the crosswalk keeps its own spelling. A string ``seed`` is used as the suffix itself (``"mean"``).
+
+    Examples
+    --------
+    >>> pretraining_lineage_id(pd.Series(["150M"]), pd.Series(["Dolma1.7"]), pd.Series([0])).tolist()
+    ['150M/dolma1_7/seed0']
+    """
+    slug = data.map(RECIPES["slug"]).fillna(data)
+    suffix = seed if isinstance(seed, str) else "seed" + seed.astype("int64").astype(str)
+    return params.astype(str) + "/" + slug + "/" + suffix
+
+
+def check_levels(names: list, where: str) -> None:
+    """Refuse an index whose level names are not exactly :data:`LEVELS` (in any order).
+
+    Raises
+    ------
+    BuildError
+        If a level is missing or an unknown one is present.
+    """
+    if set(names) != set(LEVELS) or len(names) != len(LEVELS):
+        raise BuildError(
+            f"{where} index {POINT_DIM!r}: expected levels {list(LEVELS)}, found {list(names)}; "
+            "build it with ddxr.index.point_coordinates"
+        )
+
+
+def check_complete(missing: Mapping[str, int], where: str) -> None:
+    """Refuse missing level values (``missing``: count per level): NaN breaks the encoding and ``.sel``.
+
+    Raises
+    ------
+    BuildError
+        If any count is positive.
+    """
+    if any(missing.values()):
+        found = ", ".join(f"{name}: {count}" for name, count in missing.items() if count)
+        raise BuildError(
+            f"{where}: index levels must not hold missing values (NaN breaks encoding and .sel), found {found}; "
+            f"use sentinels (learning_rate {PRETRAINING_LEARNING_RATE} for pretraining-only lineages)"
+        )
+
+
+def validate_points(points: pd.DataFrame, where: str = "point table") -> None:
+    """Check the contract on a table with one row per point, before it becomes a Dataset.
+
+    Parameters
+    ----------
+    points : pandas.DataFrame
+        Columns :data:`LEVELS` and :data:`KEYS` at least.
+    where : str
+        What the table is, quoted in errors.
+
+    Raises
+    ------
+    BuildError
+        If a level or key column is missing, a level holds missing values, or a key occurs twice.
+    """
+    absent = [name for name in dict.fromkeys((*LEVELS, *KEYS)) if name not in points.columns]
+    if absent:
+        raise BuildError(f"{where}: expected columns {list(LEVELS)} and {list(KEYS)}, missing {absent}")
+    check_complete(points[list(LEVELS)].isna().sum().to_dict(), where)
+    keys = points[list(KEYS)]
+    duplicated = keys.duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        raise _duplicates(where, keys[duplicated])
+
+
+def validate_dataset(ds: xr.Dataset, where: str = "curves Dataset") -> None:
+    """Check the contract on a Dataset: a complete MultiIndex over ``point`` and points unique by :data:`KEYS`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A Dataset with a MultiIndex (ddxr's or stock) over :data:`POINT_DIM`.
+    where : str
+        What the Dataset is, quoted in errors.
+
+    Raises
+    ------
+    BuildError
+        If the index is missing or has other levels, a level holds missing values, a key coordinate is missing, or
+        two points share a key.
+    """
+    index = ds.xindexes.get(POINT_DIM)
+    if not isinstance(index, PandasMultiIndex):
+        raise BuildError(
+            f"{where}: expected a MultiIndex over {POINT_DIM!r} with levels {list(LEVELS)}, found "
+            f"{type(index).__name__ if index is not None else 'no index'}; build it with ddxr.index.point_coordinates"
+        )
+    names = list(index.index.names)
+    check_levels(names, where)
+    check_complete({name: int((codes < 0).sum()) for name, codes in zip(names, index.index.codes, strict=True)}, where)
+    absent = [name for name in KEYS if name not in ds.coords or ds[name].dims != (POINT_DIM,)]
+    if absent:
+        raise BuildError(f"{where}: expected point coordinates {list(KEYS)} along {POINT_DIM!r}, missing {absent}")
+    # integer keys hash much faster than two million strings: the lineage codes stand in for the lineage
+    keys = pd.DataFrame(
+        {
+            "lineage": index.index.codes[names.index("lineage")],
+            "run_id": pd.factorize(ds["run_id"].values)[0],
+            "step": ds["step"].values,
+        }
+    )
+    duplicated = keys.duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        raise _duplicates(where, pd.DataFrame({name: ds[name].values[duplicated] for name in KEYS}))
+
+
+def _duplicates(where: str, shared: pd.DataFrame) -> BuildError:
+    examples = shared.drop_duplicates().head(_SHOWN).to_dict("records")
+    return BuildError(
+        f"{where}: expected points unique by {KEYS}, found {len(shared)} points sharing a key, e.g. {examples}; "
+        "drop or merge the duplicates"
+    )
