@@ -29,7 +29,8 @@ from ddxr.analysis import (
     std_over_seeds,
 )
 from ddxr.errors import DdxrError, SelectionError
-from ddxr.frames import INDEX_LEVELS, POINT_COORDS
+from ddxr.schema import LEVELS as INDEX_LEVELS
+from ddxr.schema import POINT_COORDS
 from ddxr.synthetic.curves import compute_at, tokens_at
 from ddxr.vocabulary import DATA, RECIPES, SIZES
 

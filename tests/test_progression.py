@@ -10,12 +10,8 @@ from hypothesis import strategies as st
 
 from ddxr.errors import LinkError
 from ddxr.facade import DataDecideNext
-from ddxr.managers.progression import (
-    SUMMED_LOSS_THRESHOLD,
-    TrainingProgressionManager,
-    pretraining_lineage_id,
-    repair_token_restarts,
-)
+from ddxr.managers.progression import SUMMED_LOSS_THRESHOLD, TrainingProgressionManager, repair_token_restarts
+from ddxr.schema import pretraining_lineage_id
 from ddxr.synthetic import generate
 from ddxr.synthetic.posttraining import repaired_total_tokens
 from ddxr.vocabulary import SIZES
