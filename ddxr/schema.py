@@ -1,7 +1,7 @@
 """The Dataset contract, in one place: dimension, index levels, point coordinates, keys, run types, lineage ids.
 
 Every module that builds, stores, selects or exports a ddxr Dataset takes these names from here, and the checks
-below are the only spelling of the contract's rules:
+below are the only spelling of the contract's rules (docs/dataset.md §2):
 
 - one dimension, :data:`POINT_DIM`, with a MultiIndex over :data:`LEVELS` (no missing values on any level);
 - the non-index point coordinates :data:`COORDS`;
