@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
+import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -198,3 +199,122 @@ def test_a_locked_store_table_fails_with_a_timeout_instead_of_hanging(pg_url):
         assert store.read_history(None, ["train_loss"]).empty
     with pytest.raises(SourceError, match="lock_timeout must be a number of seconds"):
         WandBStore(pg_url, lock_timeout=-1)
+
+
+# ----------------------------------------------------------------------------------------------- store reads
+
+
+def _two_run_store(url: str) -> tuple[WandBStore, sa.Engine]:
+    store = WandBStore(url)
+    store.create_tables()
+    runs = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "run_name": ["one", "two"],
+            "state": "finished",
+            "project": "p",
+            "entity": "e",
+            "created_at": "2025-09-01T00:00:00Z",
+            "summary": [{"oe_eval_metrics/arc_challenge": {"primary_score": 0.5}}, {}],
+        }
+    )
+    store.store_runs(runs)
+    store.store_history(pd.DataFrame({"run_id": ["r1", "r1", "r2"], "step": [1, 2, 1], "train_loss": [3.0, 2.0, 1.0]}))
+    return store, sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+
+
+def test_text_in_numeric_history_columns_names_run_and_value(store_url):
+    store, engine = _two_run_store(store_url)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # a downloader may have made them text columns
+            connection.exec_driver_sql("ALTER TABLE wandb_history ALTER COLUMN step TYPE text")
+            connection.exec_driver_sql("ALTER TABLE wandb_history ALTER COLUMN runtime TYPE text")
+        connection.exec_driver_sql("UPDATE wandb_history SET step = 'ten' WHERE run_id = 'r2'")
+    with pytest.raises(SourceError, match=r"wandb_history.step of run 'r2' holds 'ten'.*expected an integer"):
+        store.read_history(None, ["train_loss"])
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE wandb_history SET step = '3', runtime = 'soon' WHERE run_id = 'r2'")
+    with pytest.raises(SourceError, match=r"wandb_history.runtime of run 'r2' holds 'soon'.*expected a number"):
+        store.read_history(["r2"], ["train_loss"])
+    assert store.read_history(["r1"], ["train_loss"])["step"].tolist() == [1, 2]
+
+
+def test_renamed_state_column_and_null_names(store_url):
+    store, engine = _two_run_store(store_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE wandb_runs SET run_name = NULL, state = NULL WHERE run_id = 'r2'")
+    runs = store.read_runs().set_index("run_id")
+    assert runs.loc["r2", ["run_name", "state"]].tolist() == ["", ""]  # unknown, not a crash
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE wandb_runs RENAME COLUMN state TO run_state")
+    store = WandBStore(store_url)
+    for read in (store.read_runs, store.stats):
+        with pytest.raises(SourceError, match=r"wandb_runs in .* lacks columns \['state'\]"):
+            read()
+
+
+def test_null_run_id_is_named(sqlite_url):
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as connection:  # a downloader's table, without ddxr's constraints
+        connection.exec_driver_sql(
+            "CREATE TABLE wandb_runs (run_id TEXT, run_name TEXT, state TEXT, project TEXT, entity TEXT, "
+            "created_at TEXT, config TEXT, summary TEXT)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO wandb_runs VALUES ('r1', 'one', 'finished', 'p', 'e', '2025-09-01', '{}', '{}'), "
+            "(NULL, 'two', 'finished', 'p', 'e', '2025-09-01', '{}', '{}')"
+        )
+    with pytest.raises(SourceError, match=r"1 rows with a NULL run_id \(the first has run_name 'two'\)"):
+        WandBStore(sqlite_url).read_runs()
+
+
+def test_sqlite_null_json_reads_as_empty_dicts(sqlite_url):
+    store, engine = _two_run_store(sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE wandb_runs SET config = NULL, summary = 'null', system_attrs = NULL WHERE run_id = 'r1'"
+        )
+    runs = store.read_runs().set_index("run_id")
+    assert runs.loc["r1", "config"] == {} and runs.loc["r1", "summary"] == {} and runs.loc["r1", "tags"] == []
+    assert store.read_run_entries("summary", "oe_eval_metrics/").empty
+
+
+_DEEP = "[" * 5000 + "1" + "]" * 5000
+
+
+def test_deeply_nested_json_names_the_run(store_url):
+    store, engine = _two_run_store(store_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE wandb_runs SET config = :deep WHERE run_id = 'r2'"), {"deep": '{"deep": ' + _DEEP + "}"}
+        )
+    with pytest.raises(SourceError, match=r"wandb_runs.config of run 'r2' is not a JSON object \(nested too deep"):
+        store.read_runs()
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ['{"train_loss": NaN}', '{"train_loss": Infinity}', '{"train_loss": 1', '{"x": ' + _DEEP + "}"],
+    ids=["NaN", "Infinity", "truncated", "deep"],
+)
+def test_invalid_json_in_a_sqlite_store_names_table_run_and_row(sqlite_url, cell):
+    store, engine = _two_run_store(sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE wandb_history SET metrics = ? WHERE run_id = 'r1' AND step = 2", (cell,))
+        connection.exec_driver_sql("UPDATE wandb_runs SET summary = ? WHERE run_id = 'r2'", (cell,))
+        row_id = connection.exec_driver_sql("SELECT id FROM wandb_history WHERE run_id = 'r1' AND step = 2").scalar()
+    with pytest.raises(SourceError, match=rf"wandb_history.metrics of run 'r1' \(row id {row_id}; 1 rows in all\)"):
+        store.read_history(None, ["train_loss"])
+    with pytest.raises(SourceError, match=r"wandb_runs.summary of run 'r2' \(its row; 1 rows in all\) is not valid"):
+        store.read_run_entries("summary", "oe_eval_metrics/")
+    with pytest.raises(SourceError, match=r"wandb_runs.summary of run 'r2' is not a JSON object"):
+        store.read_runs()
+
+
+def test_a_string_of_keys_is_refused_whole(sqlite_url):
+    store, _ = _two_run_store(sqlite_url)
+    with pytest.raises(SourceError, match=r"not the string 'train_loss'; wrap it in a list"):
+        store.read_history(["r1"], "train_loss")
+    with pytest.raises(SourceError, match=r"not the string 'train_loss'; wrap it in a list"):
+        next(store.iter_history(["r1"], "train_loss"))
+    assert store.read_history(["r1"], iter(["train_loss"]))["train_loss"].tolist() == [3.0, 2.0]

@@ -580,7 +580,10 @@ def test_malformed_run_json_names_the_run(store_url: str) -> None:
         with engine.begin() as connection:  # a downloader that wrote a list where W&B has an object
             connection.execute(sa.text("UPDATE wandb_runs SET summary = '[1, 2]'"))
         engine.dispose()
-        with pytest.raises(SourceError, match=r"wandb_runs.summary of run 'fine' is not a JSON object \(1 runs\)"):
+        with pytest.raises(
+            SourceError,
+            match=r"wandb_runs.summary of run 'fine' is not a JSON object \(a JSON list, not an object; 1 runs\)",
+        ):
             store.read_runs()
 
 

@@ -546,7 +546,7 @@ def _loads(value: object) -> object:
         return value  # already decoded by the driver, or NULL
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
         return _UNPARSEABLE
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import operator
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -294,18 +295,20 @@ class WandBStore:
         Raises
         ------
         SourceError
-            When a JSON cell is not a JSON object or ``created_at`` cannot be read as a date.
+            When a run has no ``run_id``, a JSON cell is not a JSON object (malformed, nested too deep) or
+            ``created_at`` cannot be read as a date. NULL JSON cells read as ``{}``, NULL text as ``""``.
         """
         schema = self._schema()
         runs = schema.runs
         self._require_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"))
         stored_json = ("raw_data",) if schema.layout == "A" else READ_JSON_COLUMNS
         stored_json = tuple(name for name in stored_json if name in runs.c)
-        # text in, parsed here: the same code for PostgreSQL's decoded JSONB and SQLite's JSON or TEXT columns
+        # JSON as text, cast in SQL and parsed here: the same code for PostgreSQL's JSONB and SQLite's JSON or TEXT
+        # columns, and the driver never decodes JSON itself (a deeply nested cell must name its run, not crash it)
         columns = [
             *(runs.c[name] for name in RUN_TEXT_COLUMNS),
             sa.type_coerce(runs.c.created_at, sa.String).label("created_at"),
-            *(sa.type_coerce(runs.c[name], sa.String).label(name) for name in stored_json),
+            *(sa.cast(runs.c[name], sa.Text).label(name) for name in stored_json),
         ]
         raw = self._read_frame(sa.select(*columns).order_by(runs.c.run_id))
         return _runs_frame(raw, schema.layout)
@@ -341,7 +344,8 @@ class WandBStore:
         stored = "raw_data" if schema.layout == "A" and column in _LAYOUT_A_MERGED else column
         if stored not in schema.runs.c:
             return pd.DataFrame({name: pd.Series(dtype="str") for name in ("run_id", "key", "value")})
-        return self._read_frame(json_entries(self._url.dialect, schema.runs, stored, key_prefix)).astype("str")
+        statement = json_entries(self._url.dialect, schema.runs, stored, key_prefix)
+        return self._read_frame(statement, invalid_json=(schema.runs, stored)).astype("str")
 
     def iter_history(
         self, run_ids: Sequence[str] | None, keys: Sequence[str], *, chunk_size: int | None = None
@@ -421,6 +425,7 @@ class WandBStore:
         """
         schema = self._schema()
         runs, history = schema.runs, schema.history
+        self._require_columns(runs, ("run_id", "state", "created_at"))
         content = [name for name in ("raw_data", "config", "summary", "system_attrs") if name in runs.c]
         with self._connect() as connection:
             run_count, latest_created = connection.execute(
@@ -527,7 +532,8 @@ class WandBStore:
 
     def _history_query(self, run_ids: Sequence[str] | None, keys: Sequence[str]) -> _HistoryQuery:
         """The history SELECT for ``run_ids`` and ``keys`` (checked, duplicates dropped)."""
-        keys = list(dict.fromkeys(keys))
+        if not isinstance(keys, str):  # a string is refused whole, never split into one-letter keys
+            keys = list(dict.fromkeys(keys))
         _check_keys(keys)
         if isinstance(run_ids, str):
             raise SourceError(f"run_ids must be a sequence of run ids, not the string {run_ids!r}; wrap it in a list")
@@ -551,10 +557,13 @@ class WandBStore:
             statement = statement.where(any_of(self._url.dialect, history.c.run_id, list(map(str, run_ids))))
         return _HistoryQuery(statement, keys, timestamp_kind)
 
-    def _read_frame(self, statement: sa.Select) -> pd.DataFrame:
-        """All rows of ``statement`` (columns named by its labels), as object columns."""
+    def _read_frame(self, statement: sa.Select, *, invalid_json: tuple[sa.Table, str] | None = None) -> pd.DataFrame:
+        """All rows of ``statement`` (columns named by its labels), as object columns.
+
+        ``invalid_json`` names the JSON column SQL parses, so that a cell SQLite cannot parse is named.
+        """
         names = list(statement.selected_columns.keys())
-        with self._connect() as connection:
+        with self._connect() as connection, self._invalid_json(connection, invalid_json):
             chunks = [
                 pd.DataFrame.from_records(rows, columns=names).astype(object)
                 for rows in stream_rows(connection, statement, self.chunk_size)
@@ -562,9 +571,39 @@ class WandBStore:
         return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=names, dtype=object)
 
     def _stream(self, query: _HistoryQuery, chunk_size: int) -> Iterator[pd.DataFrame]:
-        with self._connect() as connection:
+        history = self._schema().history
+        with self._connect() as connection, self._invalid_json(connection, (history, "metrics")):
             for rows in stream_rows(connection, query.statement, chunk_size):
                 yield _history_frame(rows, query)
+
+    @contextmanager
+    def _invalid_json(self, connection: sa.Connection, where: tuple[sa.Table, str] | None) -> Iterator[None]:
+        """Turn SQLite's bare "malformed JSON" into a SourceError naming the table, column, run and row.
+
+        SQLite's JSON functions refuse ``NaN``/``Infinity`` literals, truncated text and nesting deeper than 1000
+        levels without saying where; the first such cell is looked up with ``json_valid``. (PostgreSQL's JSONB
+        cannot hold invalid JSON.)
+        """
+        try:
+            yield
+        except (sa.exc.OperationalError, sqlite3.OperationalError) as error:
+            if where is None or self._url.dialect != "sqlite" or "malformed JSON" not in driver_message(error):
+                raise
+            table, column = where
+            key = table.c.id if "id" in table.c else table.c.run_id
+            invalid = sa.func.json_valid(table.c[column]) == 0
+            found = connection.execute(
+                sa.select(table.c.run_id, key, sa.func.count().over()).where(invalid).order_by(key).limit(1)
+            ).first()
+            if found is None:
+                raise
+            run_id, row, count = found
+            row_text = f"row id {row}" if key is not table.c.run_id else "its row"
+            raise SourceError(
+                f"{table.name}.{column} of run {run_id!r} ({row_text}; {count} rows in all) is not valid JSON: "
+                'truncated text, NaN/Infinity written as bare numbers (write the strings "NaN", "Infinity"), '
+                "or nesting deeper than 1000 levels; fix or re-download that run"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------------- write helpers
@@ -780,8 +819,15 @@ def _json_members(key: str, values: pd.Series) -> pa.Array:
 
 def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
     """The read_runs frame from raw SELECT rows."""
+    missing_id = raw["run_id"].isna()
+    if missing_id.any():
+        raise SourceError(
+            f"wandb_runs has {int(missing_id.sum())} rows with a NULL run_id (the first has run_name "
+            f"{raw['run_name'][missing_id].iloc[0]!r}); every run needs its W&B run id — fix or delete those rows"
+        )
     run_ids = raw["run_id"].astype("str")
-    frame = raw[list(RUN_TEXT_COLUMNS)].astype("str")
+    # a NULL name, state, project or entity is unknown, not a crash: the links report what it leaves unknown
+    frame = raw[list(RUN_TEXT_COLUMNS)].fillna("").astype("str")
     frame["created_at"] = _utc(raw["created_at"], "wandb_runs.created_at")
     frame["layout"] = layout
     if layout == "A":
@@ -797,28 +843,43 @@ def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
     return frame
 
 
-_MALFORMED = object()
+@dataclass(frozen=True)
+class _Malformed:
+    """Why a JSON cell could not be read (not a str: pandas would turn a column of them into plain text)."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"bare {name}")
 
 
 def _load_json(cell: object) -> object:
+    """A JSON cell as a dict; NULL (and JSON ``null``) as ``{}``; anything else as the :class:`_Malformed` reason."""
     if isinstance(cell, str):
         try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError:
-            return _MALFORMED
-    if cell is None:
+            # NaN/Infinity are not JSON: JSONB and SQLite refuse them, W&B writes them as strings
+            cell = json.loads(cell, parse_constant=_refuse_constant)
+        except RecursionError:
+            return _Malformed("nested too deep to parse")
+        except ValueError as error:  # JSONDecodeError is a ValueError
+            return _Malformed(f"malformed JSON: {str(error)[:80]}")
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
         return {}
-    return cell if isinstance(cell, dict) else _MALFORMED
+    return cell if isinstance(cell, dict) else _Malformed(f"a JSON {type(cell).__name__}, not an object")
 
 
 def _dicts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
     """JSON cells (text or decoded) as dicts; NULL as ``{}``."""
     parsed = cells.map(_load_json).astype(object)
-    malformed = parsed.map(lambda cell: cell is _MALFORMED)
+    malformed = parsed.map(lambda cell: isinstance(cell, _Malformed))
     if malformed.any():
         raise SourceError(
             f"wandb_runs.{column} of run {run_ids[malformed].iloc[0]!r} is not a JSON object "
-            f"({int(malformed.sum())} runs); fix or re-download those runs"
+            f"({parsed[malformed].iloc[0]}; {int(malformed.sum())} runs); fix or re-download those runs"
         )
     return parsed
 
@@ -871,17 +932,12 @@ def _history_frame(rows: Sequence[Sequence[object]], query: _HistoryQuery) -> pd
     """One chunk of SELECT rows as the documented history frame, with its coercion counts in ``attrs``."""
     labels = [f"metric_{i}" for i in range(len(query.keys))]
     raw = pd.DataFrame.from_records(rows, columns=[*HISTORY_COLUMNS, *labels])
-    step = pd.to_numeric(raw["step"])
-    if step.isna().any():
-        raise SourceError(
-            f"wandb_history has rows without a step (run {raw['run_id'][step.isna()].iloc[0]!r}); fix or "
-            "re-download that run's history"
-        )
+    step = _stored_numbers(raw, "step", integral=True)
     columns = {
         "run_id": raw["run_id"].astype("str"),
         "step": step.astype("int64"),
-        "timestamp": _timestamps(raw["timestamp"], query.timestamp_kind),
-        "runtime": pd.to_numeric(raw["runtime"]).astype("float64"),
+        "timestamp": _timestamps(raw, query.timestamp_kind),
+        "runtime": _stored_numbers(raw, "runtime", integral=False),
     }
     failures = {}
     for key, label in zip(query.keys, labels, strict=True):  # a loop over requested keys, not rows
@@ -891,9 +947,28 @@ def _history_frame(rows: Sequence[Sequence[object]], query: _HistoryQuery) -> pd
     return frame
 
 
-def _timestamps(values: pd.Series, kind: str) -> pd.Series:
+def _stored_numbers(raw: pd.DataFrame, column: str, *, integral: bool) -> pd.Series:
+    """A fixed numeric column of wandb_history as float64; text (or, for ``step``, missing or fractional values)
+    raises a SourceError naming the run and the value."""
+    values = raw[column]
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = numbers.isna() & values.notna()
+    if integral:
+        bad |= numbers.isna() | (numbers % 1 != 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise SourceError(
+            f"wandb_history.{column} of run {raw['run_id'].iloc[first]!r} holds {values.iloc[first]!r} in the row "
+            f"with step {raw['step'].iloc[first]!r} ({int(bad.sum())} such rows in this chunk), expected "
+            f"{'an integer' if integral else 'a number'}; fix or delete those rows, or re-download that run's history"
+        )
+    return numbers
+
+
+def _timestamps(raw: pd.DataFrame, kind: str) -> pd.Series:
+    values = raw["timestamp"]
     if kind == "epoch":
-        return pd.to_numeric(values).astype("float64")
+        return _stored_numbers(raw, "timestamp", integral=False)
     if kind == "aware":
         return _epoch_from_utc(_utc(values, "wandb_history.timestamp"))
     return pd.to_datetime(values, format="ISO8601").astype("datetime64[ns]")
