@@ -30,7 +30,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 from xarray.indexes import PandasIndex, PandasMultiIndex
 
-import ddxr
+from ddxr._version import __version__
 from ddxr.errors import BuildError, CacheError
 from ddxr.index import set_ddxr_index
 from ddxr.schema import FLOAT_LEVELS, POINT_DIM, validate_dataset
@@ -259,7 +259,7 @@ def _check_strings(ds: xr.Dataset, where: str) -> None:
 
 def _stamped(ds: xr.Dataset) -> xr.Dataset:
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    attrs = {"ddxr_version": ddxr.__version__, "created": created, **ds.attrs, "schema_version": SCHEMA_VERSION}
+    attrs = {"ddxr_version": __version__, "created": created, **ds.attrs, "schema_version": SCHEMA_VERSION}
     return ds.assign_attrs(attrs)
 
 

@@ -10,6 +10,10 @@ class DdxrError(Exception):
     """Base class of every error ddxr raises on purpose."""
 
 
+class InvalidArgumentError(DdxrError, ValueError):
+    """An argument has an invalid value or type (a ``ValueError``, as xarray's argument errors are)."""
+
+
 class SourceError(DdxrError):
     """An input (DataDecide file, W&B store) is missing, unreachable or malformed."""
 

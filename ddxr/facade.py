@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ddxr import __version__
+from ddxr._version import __version__
 from ddxr.assemble import assemble_curves, assemble_runs
 from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint
 from ddxr.errors import SelectionError
