@@ -28,7 +28,7 @@ import xarray as xr
 from numpy.typing import ArrayLike
 from xarray.indexes import PandasMultiIndex
 
-from ddxr.errors import DdxrError, SelectionError
+from ddxr.errors import DdxrError, InvalidArgumentError, SelectionError
 from ddxr.frames import metric_matrix, metric_names, point_coords, point_order
 from ddxr.schema import LEVELS, POINT_COORDS, pretraining_lineage_id
 from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE
@@ -47,7 +47,9 @@ _BATCH_CELLS = 1 << 22  # float64 cells per metric batch (32 MiB)
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise DdxrError(f"{name}={value!r} is not supported; expected one of {', '.join(map(repr, choices))}")
+        raise InvalidArgumentError(
+            f"{name}={value!r} is not supported; expected one of {', '.join(map(repr, choices))}"
+        )
 
 
 def _check_params(label: str) -> None:
@@ -559,7 +561,9 @@ def _recipe_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oriented recipe × seed tables at the small and the target scale, on a common recipe index."""
     if small_step is not None and small_tokens is not None:
-        raise DdxrError("give small_step or small_tokens, not both: they locate the same small-scale checkpoint")
+        raise InvalidArgumentError(
+            "give small_step or small_tokens, not both: they locate the same small-scale checkpoint"
+        )
     points = point_coords(ds)
     small_table = _scale_values(ds, points, metric, small, small_step, small_tokens)
     target_table = _scale_values(ds, points, target_metric or metric, target, None, None)

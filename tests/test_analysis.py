@@ -28,7 +28,7 @@ from ddxr.analysis import (
     seed_mean_prefixes,
     std_over_seeds,
 )
-from ddxr.errors import DdxrError, SelectionError
+from ddxr.errors import DdxrError, InvalidArgumentError, SelectionError
 from ddxr.schema import LEVELS as INDEX_LEVELS
 from ddxr.schema import POINT_COORDS
 from ddxr.synthetic.curves import compute_at, tokens_at
@@ -308,7 +308,7 @@ def test_at_tokens_returns_lineage_coordinates_and_takes_the_latest_of_tied_poin
 
 
 def test_at_tokens_rejects_an_unknown_method(sweep: xr.Dataset) -> None:
-    with pytest.raises(DdxrError, match="method='cubic' is not supported; expected one of 'linear'"):
+    with pytest.raises(InvalidArgumentError, match="method='cubic' is not supported; expected one of 'linear'"):
         at_tokens(sweep, 1e6, method="cubic")
 
 
@@ -434,7 +434,7 @@ def test_decision_accuracy_at_an_intermediate_checkpoint() -> None:
         SelectionError, match=r"no pretraining checkpoint at step 999 for params='150M'; steps present: 0, 1250, 38157"
     ):
         decision_accuracy(ds, "hellaswag", "150M", small_step=999)
-    with pytest.raises(DdxrError, match="give small_step or small_tokens, not both"):
+    with pytest.raises(InvalidArgumentError, match="give small_step or small_tokens, not both"):
         decision_accuracy(ds, "hellaswag", "150M", small_step=1250, small_tokens=1e9)
 
 

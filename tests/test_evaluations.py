@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddxr.errors import BuildError, SourceError
+from ddxr.errors import BuildError, InvalidArgumentError, SourceError
 from ddxr.managers.evaluations import (
     CORE_VARIABLES,
     ISSUE_COLUMNS,
@@ -497,9 +497,9 @@ def test_get_evaluations_one_phase(pretraining_table: pd.DataFrame, entries: pd.
 
 
 def test_get_evaluations_errors(pretraining_table: pd.DataFrame) -> None:
-    with pytest.raises(BuildError, match=r"eval_type='both' is unknown; expected one of \['all', 'pretraining'"):
+    with pytest.raises(InvalidArgumentError, match=r"eval_type='both' is unknown; expected one of \['all'"):
         EvaluationManager().get_evaluations(pretraining_table, None, eval_type="both")
-    with pytest.raises(BuildError, match=r"asks for \['posttraining'\] evaluations but none were given"):
+    with pytest.raises(InvalidArgumentError, match=r"asks for \['posttraining'\] evaluations but none were given"):
         EvaluationManager().get_evaluations(pretraining_table, None, eval_type="posttraining")
     with pytest.raises(BuildError, match=r"'arc_challange' \(close matches: 'arc_challenge'"):
         EvaluationManager(["arc_challange"]).get_evaluations(pretraining_table, None)
@@ -553,17 +553,29 @@ def test_an_explicit_list_is_returned_whole_in_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("metrics", "message"),
+    ("metrics", "error", "message"),
     [
-        ("cor", r"metrics='cor' is not a metric set; expected one of \['core', 'all'\] or a list of variable names"),
-        ("arc_challenge", r"metrics='arc_challenge' is not a metric set; .* or metrics=\['arc_challenge'\]"),
-        ([], r"expected a non-empty list of variable names"),
-        (["boolq_acc_uncond"], r"variables that do not exist: 'boolq_acc_uncond' \(close matches: .*_acc_uncond'"),
-        (["pile_valpplx_valppl"], r"'pile_valpplx_valppl' \(close matches: 'pile_valppl'"),
+        (
+            "cor",
+            InvalidArgumentError,
+            r"metrics='cor' is not a metric set; expected one of \['core', 'all'\] or a list of variable names",
+        ),
+        (
+            "arc_challenge",
+            InvalidArgumentError,
+            r"metrics='arc_challenge' is not a metric set; .* or metrics=\['arc_challenge'\]",
+        ),
+        ([], InvalidArgumentError, r"expected a non-empty list of variable names"),
+        (
+            ["boolq_acc_uncond"],
+            BuildError,
+            r"variables that do not exist: 'boolq_acc_uncond' \(close matches: .*_acc_uncond'",
+        ),
+        (["pile_valpplx_valppl"], BuildError, r"'pile_valpplx_valppl' \(close matches: 'pile_valppl'"),
     ],
 )
-def test_invalid_metric_selections_raise_at_once(metrics: object, message: str) -> None:
-    with pytest.raises(BuildError, match=message):
+def test_invalid_metric_selections_raise_at_once(metrics: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
         EvaluationManager(metrics)
 
 

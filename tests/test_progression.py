@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddxr.errors import LinkError
+from ddxr.errors import InvalidArgumentError, LinkError
 from ddxr.facade import DataDecideNext
 from ddxr.managers.progression import SUMMED_LOSS_THRESHOLD, TrainingProgressionManager, repair_token_restarts
 from ddxr.schema import pretraining_lineage_id
@@ -101,7 +101,7 @@ def test_curves_of_each_phase(manager):
     assert set(dpo["run_id"].astype(str)) <= set(expected.index[expected == "dpo"])
     assert set(sft["run_id"].astype(str)) <= set(expected.index[expected == "supervised_ft"])
     assert dpo["run_tokens"].notna().all() and sft["run_tokens"].notna().all()
-    with pytest.raises(ValueError, match="run_type must be"):
+    with pytest.raises(InvalidArgumentError, match="run_type must be"):
         training.get_training_curves("rlhf")
 
 

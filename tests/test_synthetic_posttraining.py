@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ddxr.synthetic.__main__ as cli
-from ddxr.errors import DdxrError
+from ddxr.errors import DdxrError, InvalidArgumentError
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.synthetic import SyntheticTruth, generate
 from ddxr.synthetic.curves import TASK_RANGE, compute_at, primary_score, tokens_at
@@ -511,7 +511,7 @@ def test_any_arguments_give_consistent_runs(random_seed, n_runs, params, data, m
     ],
 )
 def test_bad_arguments_raise_ddxr_errors(arguments, message):
-    with pytest.raises(DdxrError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message):
         generate_posttraining(**{"n_runs": 60, **SMALL, **arguments})
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddxr.errors import SourceError
+from ddxr.errors import InvalidArgumentError, SourceError
 from ddxr.sources.wandb_store import COERCION_FAILURES, HISTORY_COLUMNS, RUN_JSON_COLUMNS, WandBStore
 
 RUN_1 = "2025_08_18-22_30_05_allenai--DataDecide-dolma1_7-4M_main_default"
@@ -631,11 +631,11 @@ def test_store_history_rejects_bad_frames(sqlite_url: str, history: pd.DataFrame
 def test_history_argument_errors(sqlite_url: str) -> None:
     with WandBStore(sqlite_url) as store:
         store.create_tables()
-        with pytest.raises(SourceError, match="run_ids must be a sequence of run ids, not the string 'r'"):
+        with pytest.raises(InvalidArgumentError, match="run_ids must be a sequence of run ids, not the string 'r'"):
             store.read_history("r", ["x"])
-        with pytest.raises(SourceError, match=r"history keys must be non-empty strings other than .* found \['step'\]"):
+        with pytest.raises(InvalidArgumentError, match=r"history keys must be non-empty strings .* found \['step'\]"):
             store.iter_history(None, ["step"])  # raised at the call, not at the first next()
-        with pytest.raises(SourceError, match="chunk_size must be a positive integer, got 0"):
+        with pytest.raises(InvalidArgumentError, match="chunk_size must be a positive integer, got 0"):
             store.iter_history(None, ["x"], chunk_size=0)
 
 

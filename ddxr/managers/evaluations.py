@@ -37,7 +37,7 @@ from functools import reduce
 import numpy as np
 import pandas as pd
 
-from ddxr.errors import BuildError, SourceError
+from ddxr.errors import BuildError, InvalidArgumentError, SourceError
 from ddxr.vocabulary import (
     METRICS,
     MMLU_TASKS,
@@ -365,12 +365,12 @@ class EvaluationManager:
 
         Raises
         ------
-        BuildError
+        InvalidArgumentError
             If ``eval_type`` is unknown or the phases it asks for were not given.
         """
         wanted = PHASES if eval_type == "all" else (eval_type,)
         if not set(wanted) <= set(PHASES):
-            raise BuildError(f"eval_type={eval_type!r} is unknown; expected one of {['all', *PHASES]}")
+            raise InvalidArgumentError(f"eval_type={eval_type!r} is unknown; expected one of {['all', *PHASES]}")
         frames, issues = [], []
         if "pretraining" in wanted and pretraining is not None:
             frames.append(self.pretraining_evaluations(pretraining).assign(phase="pretraining"))
@@ -379,7 +379,7 @@ class EvaluationManager:
             frames.append(evaluations.reset_index().assign(phase="posttraining"))
             issues = found_issues.to_dict("records")
         if not frames:
-            raise BuildError(
+            raise InvalidArgumentError(
                 f"eval_type={eval_type!r} asks for {list(wanted)} evaluations but none were given; "
                 "pass the pretraining table and/or the post-training entries"
             )
@@ -398,10 +398,12 @@ def _validate_metrics(metrics: str | Sequence[str]) -> str | tuple[str, ...]:
         if metrics in METRIC_SETS:
             return metrics
         hint = f"metrics=[{metrics!r}] for one variable" if metrics in _STATIC else "a list of variable names"
-        raise BuildError(f"metrics={metrics!r} is not a metric set; expected one of {list(METRIC_SETS)} or {hint}")
+        raise InvalidArgumentError(
+            f"metrics={metrics!r} is not a metric set; expected one of {list(METRIC_SETS)} or {hint}"
+        )
     names = tuple(dict.fromkeys(metrics))
     if not names or not all(isinstance(name, str) for name in names):
-        raise BuildError(f"metrics={metrics!r}: expected a non-empty list of variable names (str)")
+        raise InvalidArgumentError(f"metrics={metrics!r}: expected a non-empty list of variable names (str)")
     # a name ending like a vocabulary variable but not in it can never be found: catch it before any reading
     impossible = [name for name in names if name not in _STATIC and _claims_vocabulary(name)]
     if impossible:

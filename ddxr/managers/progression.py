@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ddxr.errors import LinkError
+from ddxr.errors import InvalidArgumentError, LinkError
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.schema import pretraining_lineage_id
 from ddxr.sources.datadecide import flops_per_token
@@ -163,7 +163,7 @@ class TrainingProgressionManager:
         dpo_tokens_per_pair: float = DPO_TOKENS_PER_PAIR,
     ) -> None:
         if pretraining_seeds not in ("base", "mean"):
-            raise ValueError(f"pretraining_seeds must be 'base' or 'mean', got {pretraining_seeds!r}")
+            raise InvalidArgumentError(f"pretraining_seeds must be 'base' or 'mean', got {pretraining_seeds!r}")
         self.pretraining = pretraining.reset_index(drop=True)
         self.relationships = relationships
         self.pretraining_seeds = pretraining_seeds
@@ -311,7 +311,7 @@ class TrainingProgressionManager:
             ids = pretraining_lineage_id(table["params"], table["data"], table["seed"])
             return table[ids.isin(run_ids)].reset_index(drop=True)
         if run_type not in ("supervised_ft", "dpo"):
-            raise ValueError(f"run_type must be 'pretraining', 'supervised_ft' or 'dpo', got {run_type!r}")
+            raise InvalidArgumentError(f"run_type must be 'pretraining', 'supervised_ft' or 'dpo', got {run_type!r}")
         history = self._history[self._history["run_id"].map(self._links["run_type"]) == run_type]
         if run_ids is not None:
             history = history[history["run_id"].isin(run_ids)]

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from ddxr.errors import SourceError
+from ddxr.errors import InvalidArgumentError, SourceError
 from ddxr.sources._sql import (
     StoreURL,
     any_of,
@@ -536,7 +536,9 @@ class WandBStore:
             keys = list(dict.fromkeys(keys))
         _check_keys(keys)
         if isinstance(run_ids, str):
-            raise SourceError(f"run_ids must be a sequence of run ids, not the string {run_ids!r}; wrap it in a list")
+            raise InvalidArgumentError(
+                f"run_ids must be a sequence of run ids, not the string {run_ids!r}; wrap it in a list"
+            )
         history = self._schema().history
         if history is None:
             raise SourceError(self._no_history())
@@ -611,7 +613,7 @@ class WandBStore:
 
 def _positive(chunk_size: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise SourceError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise InvalidArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
 
 
@@ -909,10 +911,12 @@ def _utc(values: pd.Series, where: str) -> pd.Series:
 
 def _check_keys(keys: Sequence[str]) -> None:
     if isinstance(keys, str):
-        raise SourceError(f"keys must be a sequence of metric keys, not the string {keys!r}; wrap it in a list")
+        raise InvalidArgumentError(
+            f"keys must be a sequence of metric keys, not the string {keys!r}; wrap it in a list"
+        )
     bad = [key for key in keys if not isinstance(key, str) or not key or key in HISTORY_COLUMNS]
     if bad:
-        raise SourceError(
+        raise InvalidArgumentError(
             f"history keys must be non-empty strings other than {list(HISTORY_COLUMNS)}, found {bad[:5]}; those "
             "columns are always returned"
         )

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ddxr.errors import DdxrError
+from ddxr.errors import InvalidArgumentError
 from ddxr.synthetic.curves import TASK_RANGE, checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
 from ddxr.vocabulary import (
     DPO_TOKENS_PER_PAIR,
@@ -243,7 +243,7 @@ def generate_posttraining(
 
     Raises
     ------
-    DdxrError
+    InvalidArgumentError
         If a size or recipe is unknown, ``n_runs`` is too small for the requested runs, or ``steps_per_run`` < 4.
 
     Examples
@@ -284,15 +284,17 @@ def _check_arguments(
     params, data = tuple(params), tuple(data)
     unknown = [p for p in params if p not in SIZES.index] + [d for d in data if d not in RECIPES.index]
     if unknown or not params or not data:
-        raise DdxrError(
+        raise InvalidArgumentError(
             f"generate_posttraining: expected known DataDecide sizes and recipes, found {unknown or 'an empty list'}"
             f" — choose from ddxr.vocabulary.PARAMS and ddxr.vocabulary.DATA"
         )
     if steps_per_run is not None and steps_per_run < 4:
-        raise DdxrError(f"generate_posttraining: steps_per_run must be >= 4 (found {steps_per_run}) — pass 4 or more")
+        raise InvalidArgumentError(
+            f"generate_posttraining: steps_per_run must be >= 4 (found {steps_per_run}) — pass 4 or more"
+        )
     needed = _minimum_runs(params, data, messy)
     if n_runs < needed:
-        raise DdxrError(
+        raise InvalidArgumentError(
             f"generate_posttraining: n_runs={n_runs} is too small: messy={messy} with sizes {list(params)} and"
             f" recipes {list(data)} needs at least {needed} runs — pass n_runs>={needed}"
             + (" or messy=False" if messy else "")
