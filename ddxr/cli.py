@@ -1,4 +1,4 @@
-"""The ``ddxr`` command: demo, build, info, export.
+"""The ``ddxr`` command: demo, build, load, info, export.
 
 Errors a user can act on end the command with one line on stderr and a non-zero exit; ``--debug`` shows the
 traceback instead.
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ddxr._version import __version__
 from ddxr.cache import open_dataset, open_runs, write_dataset
 from ddxr.errors import DdxrError
 from ddxr.facade import DataDecideNext
@@ -82,7 +83,8 @@ def command_demo(args: argparse.Namespace) -> None:
     demo_dir = root / "demo"
     if demo_dir.exists():
         shutil.rmtree(demo_dir)  # regenerated from scratch: the demo is deterministic
-    print(f"generating demo sources in {demo_dir} ...")
+    if not args.quiet:
+        print(f"generating demo sources in {demo_dir} ...")
     truth = generate(demo_dir)
     dd = DataDecideNext(demo_dir, truth.store_url, cache_dir=demo_dir / "cache", progress=not args.quiet)
     curves, runs = dd.build()
@@ -110,7 +112,7 @@ def _plot_demo_sweep(curves: xr.Dataset, path: Path) -> Path | None:
 def command_build(args: argparse.Namespace) -> None:
     """Build from real sources, with progress bars and the build report."""
     metrics = args.metrics if args.metrics in ("core", "all") else args.metrics.split(",")
-    dd = DataDecideNext(args.datadecide, args.db, cache_dir=args.cache_dir, metrics=metrics)
+    dd = DataDecideNext(args.datadecide, args.db, cache_dir=args.cache_dir, metrics=metrics, progress=not args.quiet)
     if args.out is None:
         curves = dd.dataset(refresh=args.refresh)
         out = dd.cache_path()
@@ -119,6 +121,19 @@ def command_build(args: argparse.Namespace) -> None:
         out = write_dataset(curves, runs, args.out)
     print(f"wrote {out}")
     print(_format_report(json.loads(curves.attrs["build_report"])))
+
+
+def command_load(args: argparse.Namespace) -> None:
+    """Load a W&B export (runs and history, parquet or JSONL) into a store, with progress and counted skips."""
+    from ddxr.sources.exports import find_export, load_export
+    from ddxr.sources.wandb_store import WandBStore
+
+    if (args.runs is None) != (args.history is None) or (args.export is None) == (args.runs is None):
+        raise UsageError("give an export folder, or both --runs FILE and --history FILE")
+    runs, history = find_export(args.export) if args.export is not None else (args.runs, args.history)
+    with WandBStore(args.db) as store:
+        report = load_export(store, runs, history, chunk_size=args.chunk_size, progress=not args.quiet)
+        print(f"{report.summary()}\ninto {store.url_redacted}")
 
 
 def command_info(args: argparse.Namespace) -> None:
@@ -201,11 +216,13 @@ def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ddxr`` command."""
     parser = argparse.ArgumentParser(prog="ddxr", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    quiet_help = "no progress bars or progress messages"
+    parser.add_argument("--quiet", action="store_true", help=quiet_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="build the embedded demo dataset and plot a learning-rate sweep")
     demo.add_argument("--cache-dir", default="cache", help="folder for the demo sources and outputs")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=command_demo)
 
     build = commands.add_parser("build", help="build a dataset from DataDecide files and a W&B store")
@@ -219,6 +236,20 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--refresh", action="store_true", help="rebuild even when the cache is fresh")
     build.set_defaults(run=command_build)
 
+    load = commands.add_parser(
+        "load",
+        help="load a W&B export (runs + history, parquet or JSONL) into a store",
+        description="Load a W&B export into a W&B store (tables created if needed; runs already there are "
+        "replaced with their history). The export is a folder holding runs.jsonl and history.jsonl, or one "
+        "*runs*.parquet and one *history*.parquet; or name the two files with --runs and --history.",
+    )
+    load.add_argument("export", nargs="?", help="export folder")
+    load.add_argument("--runs", help="runs file (.parquet or .jsonl)")
+    load.add_argument("--history", help="history file (.parquet or .jsonl)")
+    load.add_argument("--db", required=True, help="W&B store URL (postgresql://… or sqlite:///…)")
+    load.add_argument("--chunk-size", type=int, default=50_000, help="history rows per batch (default 50000)")
+    load.set_defaults(run=command_load)
+
     info = commands.add_parser("info", help="describe a ddxr netCDF file")
     info.add_argument("file")
     info.set_defaults(run=command_info)
@@ -230,6 +261,10 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--melt", action="store_true", help="long metric/value columns")
     export.add_argument("-o", "--output", required=True, help="out.parquet or out.csv")
     export.set_defaults(run=command_export)
+
+    # every command also takes --quiet after its name; SUPPRESS keeps an absent one from undoing `ddxr --quiet CMD`
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
     return parser
 
 

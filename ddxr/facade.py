@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-from tqdm.auto import tqdm
 
 from ddxr._version import __version__
 from ddxr.assemble import assemble_curves, assemble_runs
@@ -28,6 +27,7 @@ from ddxr.index import select
 from ddxr.managers.evaluations import EvaluationManager
 from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
 from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.progress import progress_bar
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
 from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
@@ -136,8 +136,7 @@ class DataDecideNext:
 
     def _read_history(self, run_ids: list[str]) -> pd.DataFrame:
         chunks = self.wandb.iter_history(run_ids, HISTORY_KEYS)
-        bar = tqdm(chunks, desc="history chunks", unit="chunk", disable=not self.progress, leave=False)
-        frames = list(bar)
+        frames = list(progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True))
         # values that were neither numbers nor NaN became NaN: count them for the build report
         self._history_coercions = sum((Counter(frame.attrs.get(COERCION_FAILURES, {})) for frame in frames), Counter())
         if frames:
@@ -175,18 +174,17 @@ class DataDecideNext:
     def build(self) -> tuple[xr.Dataset, xr.Dataset]:
         """Build the curves and runs Datasets from the sources, bypassing the cache."""
         self._current_cache_path()
-        stages = tqdm(total=5, desc="ddxr build", unit="stage", disable=not self.progress)
-        for label, stage in (
-            ("read DataDecide", lambda: self.pretraining),
-            ("link runs", lambda: self.relationships),
-            ("read evaluations", lambda: self._posttraining_evaluations),
-            ("read history", lambda: self.training),
-            ("lay out points", lambda: self.training.points()),
-        ):
-            stages.set_postfix_str(label)
-            stage()
-            stages.update()
-        stages.close()
+        with progress_bar(total=5, desc="ddxr build", unit="stage", enabled=self.progress) as stages:
+            for label, stage in (
+                ("read DataDecide", lambda: self.pretraining),
+                ("link runs", lambda: self.relationships),
+                ("read evaluations", lambda: self._posttraining_evaluations),
+                ("read history", lambda: self.training),
+                ("lay out points", lambda: self.training.points()),
+            ):
+                stages.set_postfix_str(label)
+                stage()
+                stages.update()
         post_metrics, _ = self._posttraining_evaluations
         available = [*self._pretraining_metrics.columns, *post_metrics.columns, "train_loss", "lr_at_step"]
         curves = assemble_curves(
