@@ -189,3 +189,19 @@ def test_bad_exports_are_clear_errors(pg_url, tmp_path, capsys):
             load_export(store, tmp_path / "notes.txt", tmp_path / "notes.txt")
         with pytest.raises(SourceError, match="does not exist"):
             load_export(store, tmp_path / "runs.jsonl", tmp_path / "history.jsonl")
+
+
+def test_readme_example_is_the_example_file_and_loads_into_postgresql(pg_url):
+    root = Path(__file__).resolve().parents[1]
+    script = root / "examples" / "load_wandb_runs.py"
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- example: examples/load_wandb_runs.py -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert script.read_text().endswith(block)  # the README quotes the script's code whole
+    result = subprocess.run([sys.executable, str(script), pg_url], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[0] == f"1 run(s), 3 history rows in {pg_url}"
+    with WandBStore(pg_url) as store:
+        runs = store.read_runs()
+        history = store.read_history(None, ["train_loss", "total_tokens"])
+    assert runs["config"].iloc[0]["learning_rate"] == 5e-05 and runs["tags"].iloc[0] == ["finetune"]
+    assert history["train_loss"].tolist() == [2.31, 1.87, 1.52]
+    assert history["total_tokens"].tolist() == [91_000_000, 182_000_000, 273_000_000]

@@ -16,7 +16,16 @@ from ddxr.cache import write_dataset
 #: Modules of the build layer that reading a file must not load. pyarrow's core is not among them: pandas >= 3
 #: imports it on ``import pandas`` and builds its default string arrays with it whenever it is installed, so only the
 #: parts ddxr's sources use (parquet, csv) tell whether the build layer was loaded.
-BUILD_ONLY = ("sqlalchemy", "psycopg2", "pyarrow.parquet", "pyarrow.csv", "ddxr.sources", "ddxr.facade", "tqdm")
+BUILD_ONLY = (
+    "sqlalchemy",
+    "psycopg2",
+    "pyarrow.parquet",
+    "pyarrow.csv",
+    "ddxr.sources",
+    "ddxr.managers",
+    "ddxr.facade",
+    "tqdm",
+)
 
 _READ_PATH = """
 import json, sys
@@ -82,3 +91,11 @@ def test_version_has_one_home():
 def test_invalid_argument_errors_are_value_errors():
     assert issubclass(ddxr.InvalidArgumentError, ValueError)
     assert issubclass(ddxr.InvalidArgumentError, ddxr.DdxrError)
+
+
+def test_the_suite_runs_the_docstring_examples():
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pytest_config = config["tool"]["pytest"]["ini_options"]
+    assert "--doctest-modules" in pytest_config["addopts"].split() and "ddxr" in pytest_config["testpaths"]
