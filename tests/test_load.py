@@ -156,22 +156,23 @@ def test_jsonl_export_folder_loads_with_every_skip_counted(pg_url, real_samples,
     _assert_history_equals(pg_url, pd.concat([sample_history, extra], ignore_index=True))
 
 
-def test_loaded_store_builds_like_the_real_samples(pg_url, real_samples, tmp_path):
+def test_loaded_store_builds_like_the_real_samples(pg_url, real_samples, tmp_path, capsys):
     argv = ["load", "--runs", str(real_samples / "wandb_runs_sample.parquet")]
     argv += ["--history", str(real_samples / "wandb_history_sample.parquet"), "--db", pg_url, "--quiet"]
     assert main(argv) == 0
-    # the build, run as a user would with its output captured: progress as plain lines, errors on their own line
-    build = [sys.executable, "-m", "ddxr.cli", "build", "--datadecide"]
-    build += [str(real_samples / "pretrain_metrics_sample.parquet"), "--db", pg_url, "--out", str(tmp_path / "r.nc")]
-    result = subprocess.run(build, capture_output=True, text=True, check=True)
-    assert "\x1b" not in result.stderr + result.stdout and "\r" not in result.stderr + result.stdout
-    assert result.stderr.splitlines()[-1] == "ddxr build: lay out points (5/5 stage)"
-    assert "runs_linked: 6" in result.stdout
+    capsys.readouterr()
+    # the build with its output captured, as in a log: progress as plain lines, errors on their own line
+    build = ["build", "--datadecide", str(real_samples / "pretrain_metrics_sample.parquet"), "--db", pg_url]
+    assert main([*build, "--out", str(tmp_path / "r.nc")]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.err + captured.out and "\r" not in captured.err + captured.out
+    assert captured.err.splitlines()[-1] == "ddxr build: lay out points (5/5 stage)"
+    assert "runs_linked: 6" in captured.out
     (tmp_path / "broken.parquet").write_text("not parquet")
-    build[5] = str(tmp_path / "broken.parquet")
-    failed = subprocess.run(build, capture_output=True, text=True)
-    assert failed.returncode == 1
-    assert failed.stderr.splitlines()[-1].startswith("ddxr build: ") and "broken.parquet" in failed.stderr
+    build[2] = str(tmp_path / "broken.parquet")
+    assert main([*build, "--out", str(tmp_path / "r2.nc")]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("ddxr build: ") and "broken.parquet" in err.splitlines()[-1]
 
 
 def test_bad_exports_are_clear_errors(pg_url, tmp_path, capsys):
