@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -99,3 +100,20 @@ def test_the_suite_runs_the_docstring_examples():
     config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     pytest_config = config["tool"]["pytest"]["ini_options"]
     assert "--doctest-modules" in pytest_config["addopts"].split() and "ddxr" in pytest_config["testpaths"]
+
+
+def test_version_flag_and_quiet_on_every_command(capsys):
+    from ddxr.cli import main, make_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"ddxr {ddxr.__version__}\n"
+    parser = make_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+    assert {"demo", "build", "load", "info", "export"} <= set(commands)
+    for name, command in commands.items():
+        assert any("--quiet" in action.option_strings for action in command._actions), name
+    # before or after the command name, the flag means the same; absent, it is off
+    assert parser.parse_args(["--quiet", "info", "f.nc"]).quiet is True
+    assert parser.parse_args(["info", "f.nc", "--quiet"]).quiet is True
+    assert parser.parse_args(["info", "f.nc"]).quiet is False
