@@ -22,7 +22,6 @@ from typing import Any
 
 import cf_xarray
 import filelock
-import netCDF4
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -32,6 +31,7 @@ from xarray.indexes import PandasIndex, PandasMultiIndex
 
 from ddxr._version import __version__
 from ddxr.errors import BuildError, CacheError
+from ddxr.handles import open_shared
 from ddxr.index import set_ddxr_index
 from ddxr.schema import FLOAT_LEVELS, POINT_DIM, validate_dataset
 
@@ -376,11 +376,9 @@ def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
     if not path.is_file():
         raise CacheError(f"{path}: no such cache file; build it (cached_build) or check the path")
     try:
-        # The file's bytes are read once and opened from memory. Several handles on one file path, some closed by
-        # the garbage collector, crash netCDF-C/HDF5 on the next open (pydata/xarray#8289); a private in-memory image
-        # per open avoids that, and a file replaced later by a rebuild never pulls the ground from under a reader.
-        handle = netCDF4.Dataset(path.name, mode="r", memory=path.read_bytes())
-        store = xr.backends.NetCDF4DataStore(handle, group=group)
+        # one handle per file version for every open: several handles on one file, some closed by the garbage
+        # collector, crash netCDF-C/HDF5 (see ddxr.handles); variables are read from disk when used
+        store = xr.backends.NetCDF4DataStore(open_shared(path), group=group)
         # the curves' dimension coordinates are index codes and level tables: no pandas index needed for them
         ds = xr.open_dataset(store, chunks=chunks, create_default_indexes=group is not None)
     except _READ_ERRORS as error:

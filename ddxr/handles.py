@@ -1,0 +1,167 @@
+"""One open netCDF4 handle per version of a file, shared by every Dataset opened from it in this process.
+
+netCDF-C/HDF5 crash on opening a file that is already open through other handles when the garbage collector has
+closed some of them (pydata/xarray#8289). Opening every file through one shared handle avoids the situation without
+reading the file into memory: variables are read from disk when used.
+
+A *version* of a file is its path with the device, inode, size and modification time found when it was opened.
+ddxr replaces cache files with ``os.replace``, so a rebuilt file is a new inode and gets a new handle, while Datasets
+opened before keep reading the old version through theirs (an unlinked file stays readable while it is open).
+
+A handle is closed when the last Dataset using it is closed or garbage-collected. Closing takes xarray's netCDF lock,
+so it never runs while another thread reads; a collection that happens while the lock is held (inside a read) leaves
+the handle to be closed at the next open.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import netCDF4
+from xarray.backends.file_manager import FileManager
+from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
+
+from ddxr.errors import CacheError
+
+_ATTEMPTS = 5  # opens of a path that keeps being replaced while it is opened, before giving up
+# Both guarded by xarray's netCDF lock, which every read holds too: netCDF-C is not thread-safe, so no read may run
+# while a file opens or closes.
+_OPEN: weakref.WeakValueDictionary[FileVersion, _Handle] = weakref.WeakValueDictionary()
+_UNCLOSED: list[netCDF4.Dataset] = []  # handles released while a read held the netCDF lock
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """What identifies one version of a file: a file replaced under the same path is another version."""
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileVersion:
+        """The version of the file now at ``path`` (``OSError`` if there is none)."""
+        status = os.stat(path)
+        return cls(os.path.abspath(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+class _Handle:
+    """An open netCDF4 Dataset, closed when the last manager holding it is gone."""
+
+    __slots__ = ("__weakref__", "dataset")
+
+    def __init__(self, dataset: netCDF4.Dataset) -> None:
+        self.dataset = dataset
+        # not at interpreter exit: the netCDF4 module may be torn down already, and the OS closes files anyway
+        weakref.finalize(self, _close, dataset).atexit = False
+
+
+class SharedFileManager(FileManager):
+    """xarray file manager over the shared handle of one file version.
+
+    ``close()`` ends this Dataset's use of the handle; the handle itself closes with its last user. Acquiring after
+    ``close()`` reopens the same version if the file at the path is still that version, else raises
+    :class:`~ddxr.errors.CacheError`. Pickling keeps the version, so a dask worker process reopens the same file.
+    """
+
+    def __init__(self, version: FileVersion, handle: _Handle | None = None) -> None:
+        self.version = version
+        self._handle = handle
+
+    def acquire(self, needs_lock: bool = True) -> netCDF4.Dataset:
+        if self._handle is None:  # xarray reads with needs_lock=False while holding the netCDF lock
+            self._handle = _shared_handle(self.version, needs_lock)
+        return self._handle.dataset
+
+    @contextmanager
+    def acquire_context(self, needs_lock: bool = True) -> Iterator[netCDF4.Dataset]:
+        yield self.acquire(needs_lock)
+
+    def close(self, needs_lock: bool = True) -> None:
+        self._handle = None
+
+    def __getstate__(self) -> FileVersion:
+        return self.version
+
+    def __setstate__(self, version: FileVersion) -> None:
+        self.__init__(version)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.version.path!r}, inode={self.version.inode})"
+
+
+def open_shared(path: str | Path) -> SharedFileManager:
+    """A manager over the shared handle of the file now at ``path``, opening it if no Dataset uses it yet.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A netCDF file.
+
+    Returns
+    -------
+    SharedFileManager
+        Pass it to :class:`xarray.backends.NetCDF4DataStore`.
+
+    Raises
+    ------
+    OSError, RuntimeError
+        What netCDF4 raises on a missing or unreadable file.
+    CacheError
+        If the path was replaced again during each of several attempts to open it.
+    """
+    for _ in range(_ATTEMPTS):
+        version = FileVersion.of(path)
+        handle = _shared_handle(version, check=False)
+        if FileVersion.of(path) == version:  # the handle opened the version it is filed under
+            return SharedFileManager(version, handle)
+        with NETCDF4_PYTHON_LOCK:
+            if _OPEN.get(version) is handle:
+                del _OPEN[version]
+    raise CacheError(f"{path}: the file was replaced {_ATTEMPTS} times while being opened; retry once it is written")
+
+
+def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = True) -> _Handle:
+    """The open handle of ``version``, opened now if no Dataset holds it.
+
+    ``needs_lock``: False when the caller holds the netCDF lock already. ``check``: the file at the path must still
+    be ``version`` (a reopen after ``close()``).
+    """
+    with NETCDF4_PYTHON_LOCK if needs_lock else nullcontext():
+        handle = _OPEN.get(version)
+        if handle is not None:
+            return handle
+        if check and _current(version.path) != version:
+            raise CacheError(
+                f"{version.path}: the file was replaced or removed since this Dataset was opened and closed; "
+                "open it again (ddxr.open_dataset) to read the current file"
+            )
+        while _UNCLOSED:
+            _UNCLOSED.pop().close()
+        handle = _OPEN[version] = _Handle(netCDF4.Dataset(version.path, mode="r"))
+        return handle
+
+
+def _current(path: str) -> FileVersion | None:
+    try:
+        return FileVersion.of(path)
+    except OSError:
+        return None
+
+
+def _close(dataset: netCDF4.Dataset) -> None:
+    """Close a handle whose last user is gone; later if a read holds the netCDF lock (this may run inside one)."""
+    if NETCDF4_PYTHON_LOCK.acquire(blocking=False):
+        try:
+            dataset.close()
+        finally:
+            NETCDF4_PYTHON_LOCK.release()
+    else:
+        _UNCLOSED.append(dataset)

@@ -1,0 +1,212 @@
+"""Opening large files lazily: shared handles (no whole-file read, no reopen crash, replaced files), dask chunks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from roundtrip import example_datasets
+
+import ddxr.handles
+from ddxr.cache import open_dataset, open_runs, write_dataset
+from ddxr.errors import CacheError
+from ddxr.index import POINT_DIM, point_coordinates
+from ddxr.synthetic.curves import checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
+from ddxr.vocabulary import DATA, RECIPES
+
+_READ_AHEAD = 4 * 2**20  # what HDF5 reads of any file it opens
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def example() -> tuple[xr.Dataset, xr.Dataset]:
+    return example_datasets()
+
+
+def grid_curves(post_steps: int = 300, noise_variables: int = 0) -> xr.Dataset:
+    """Pretraining-only lineages (3 sizes × 6 recipes × 3 seeds, noisy known curves) and four finetuning lineages
+    of ``post_steps`` steps from 150M/Dolma1.7 seed 0; ``noise_variables`` incompressible float32 variables."""
+    rng = np.random.default_rng(0)
+    pretraining = pd.concat(
+        [
+            pd.DataFrame({"params": params, "data": data, "seed": seed, "step": checkpoint_steps(params)})
+            for params in ("20M", "150M", "1B")
+            for data in DATA[:6]
+            for seed in range(3)
+        ],
+        ignore_index=True,
+    )
+    pretraining["lineage"] = (
+        pretraining["params"] + "/" + RECIPES.loc[pretraining["data"], "slug"].to_numpy() + "/seed"
+    ) + pretraining["seed"].astype(str)
+    pretraining = pretraining.assign(run_id=pretraining["lineage"], run_type="pretraining", learning_rate=0.0)
+    pretraining["cumulative_tokens"] = tokens_at(pretraining["params"].to_numpy(), pretraining["step"].to_numpy())
+    base = pretraining[(pretraining["lineage"] == "150M/dolma1_7/seed0") & (pretraining["step"] <= 10_000)]
+    posttraining = []
+    for number, rate in enumerate((1e-5, 3e-5, 1e-4, 3e-4)):
+        run_id = f"sft-{number}"
+        steps = np.arange(1, post_steps + 1)
+        own = pd.DataFrame(
+            {"step": steps, "cumulative_tokens": base["cumulative_tokens"].max() + steps * 1e6, "run_id": run_id}
+        ).assign(params="150M", data="Dolma1.7", seed=0, run_type="supervised_ft")
+        posttraining.append(pd.concat([base, own]).assign(lineage=run_id, learning_rate=rate))
+    frame = pd.concat([pretraining, *posttraining], ignore_index=True)
+    phase = (frame["run_type"] == "pretraining").to_numpy() & (frame["lineage"] == frame["run_id"]).to_numpy()
+    phase |= frame["run_id"].str.contains("/").to_numpy()  # a finetuning lineage's prefix is pretraining too
+    compute = compute_at(frame["params"].to_numpy(), frame["cumulative_tokens"].to_numpy())
+    data = frame["data"].to_numpy()
+    evaluated = np.where(phase, 1.0, np.nan)
+    noisy = 1.0 + rng.normal(0.0, 0.02, len(frame))
+
+    def metric(values: np.ndarray, higher: bool) -> tuple:
+        return (POINT_DIM, values.astype(np.float32), {"higher_is_better": higher, "long_name": "metric"})
+
+    metrics = {
+        "hellaswag": metric(primary_score("hellaswag", compute, data) * evaluated * noisy, True),
+        "arc_easy": metric(primary_score("arc_easy", compute, data) * evaluated * noisy, True),
+        "pile_valppl": metric(perplexity("pile", compute, data) * evaluated * noisy, False),
+        "train_loss": metric(np.where(phase, np.nan, 2.0 + rng.random(len(frame))), False),
+    }
+    for number in range(noise_variables):
+        metrics[f"noise_{number}"] = metric(rng.random(len(frame)), True)
+    coords = point_coordinates(frame).assign(
+        run_id=(POINT_DIM, frame["run_id"].to_numpy(dtype=object)),
+        run_type=(POINT_DIM, frame["run_type"].to_numpy(dtype=object)),
+        seed=(POINT_DIM, frame["seed"].to_numpy(np.int64)),
+        step=(POINT_DIM, frame["step"].to_numpy(np.int64)),
+        pretraining_phase=(POINT_DIM, phase),
+        cumulative_compute=(POINT_DIM, compute),
+        tokens_estimated=(POINT_DIM, np.zeros(len(frame), dtype=bool)),
+    )
+    return xr.Dataset(metrics, coords=coords)
+
+
+@pytest.fixture
+def written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> Path:
+    return write_dataset(*example, tmp_path / "cache.nc")
+
+
+# --- shared handles -------------------------------------------------------------------------------------------------
+
+# netCDF-C/HDF5 used to crash (SIGSEGV) on the next open of a file held by several handles, some of them closed by
+# the garbage collector (pydata/xarray#8289): run it in a child process so a crash fails the test, not the session
+REOPENER = textwrap.dedent(
+    """
+    import gc, sys
+    from pathlib import Path
+    from roundtrip import example_datasets
+    from ddxr.cache import open_dataset, open_runs, write_dataset
+
+    path = write_dataset(*example_datasets(), Path(sys.argv[1]))
+    kept = open_dataset(path)
+    for _ in range(5):
+        open_dataset(path), open_runs(path)  # dropped unclosed: the garbage collector closes them
+        assert open_runs(path).sizes["run"] == 4
+        gc.collect()
+    print(float(kept["train_loss"].sum()))
+    """
+)
+
+
+def test_reopening_with_collected_handles_does_not_crash(
+    tmp_path: Path, example: tuple[xr.Dataset, xr.Dataset]
+) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", REOPENER, str(tmp_path / "cache.nc")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) == pytest.approx(float(example[0]["train_loss"].sum()))
+
+
+def test_opens_of_one_file_share_one_handle(written: Path) -> None:
+    with open_dataset(written) as first, open_dataset(written) as second, open_runs(written) as runs:
+        handles = {id(ds["train_loss"].variable._data) for ds in (first, second)}  # distinct lazy arrays ...
+        assert len(handles) == 2
+        opened = [version for version in ddxr.handles._OPEN if version.path == str(written.resolve())]
+        assert len(opened) == 1  # ... over one netCDF handle
+        assert runs.sizes["run"] == 4
+
+
+def test_handle_closes_with_its_last_dataset(written: Path) -> None:
+    first, second = open_dataset(written), open_dataset(written)
+    (handle,) = [ddxr.handles._OPEN[v] for v in ddxr.handles._OPEN if v.path == str(written.resolve())]
+    dataset = handle.dataset
+    del handle
+    first.close()
+    assert dataset.isopen()  # still used by `second`
+    second.close()
+    gc.collect()
+    assert not dataset.isopen()
+
+
+def test_open_does_not_read_the_whole_file(tmp_path: Path) -> None:
+    curves = grid_curves(post_steps=50_000, noise_variables=20)
+    path = write_dataset(curves, xr.Dataset(), tmp_path / "big.nc")
+    size = path.stat().st_size
+    assert size > 10_000_000
+
+    before = _bytes_read()
+    with open_dataset(path) as opened:
+        read_at_open = _bytes_read() - before
+        subset = opened["noise_3"].isel(point=slice(0, 5)).values
+    # HDF5 reads up to 4 MiB ahead when it opens a file, then ddxr reads the point index and small tables (~0.1 MB
+    # here); the in-memory image this replaced read every byte
+    assert read_at_open < _READ_AHEAD + size / 20, f"open read {read_at_open:,} of {size:,} bytes"
+    np.testing.assert_array_equal(subset, curves["noise_3"].values[:5])
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends (Linux), else skip."""
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("needs /proc/self/io to count the bytes read")
+    return int(dict(line.split(": ") for line in io.read_text().splitlines())["rchar"])
+
+
+def test_replaced_file_old_open_keeps_its_version_new_open_reads_the_new(
+    written: Path, example: tuple[xr.Dataset, xr.Dataset]
+) -> None:
+    curves = example[0]
+    old = open_dataset(written)
+    write_dataset(curves.sel(params="4M"), xr.Dataset(), written)  # a rebuild: new file moved over the path
+    new = open_dataset(written)
+    xr.testing.assert_identical(new.load(), curves.sel(params="4M"))
+    xr.testing.assert_identical(old.load(), curves)  # read after the replacement: still the old version
+    old.close()
+    new.close()
+
+
+def test_closed_dataset_reopens_its_version_or_fails_clearly(
+    written: Path, example: tuple[xr.Dataset, xr.Dataset]
+) -> None:
+    closed = open_dataset(written)
+    closed.close()
+    gc.collect()
+    reread = closed["train_loss"].isel(point=slice(0, 3)).values  # the same version is still on disk: reopened
+    np.testing.assert_array_equal(reread, example[0]["train_loss"].values[:3])
+    del closed  # it holds the handle again, which would keep the old version readable
+
+    replaced = open_dataset(written)
+    replaced.close()
+    gc.collect()
+    write_dataset(*example, written)
+    with pytest.raises(CacheError, match="replaced or removed since this Dataset was opened and closed; open it again"):
+        replaced["step"].load()
+
+
+def test_manager_pickles_to_the_same_file_version(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    # a dask worker process unpickles the manager and reopens the same version
+    with open_dataset(written, chunks={}) as opened:
+        restored = pickle.loads(pickle.dumps(opened))
+        xr.testing.assert_identical(restored.load(), example[0])
