@@ -3,16 +3,20 @@ and what to do, or a counted skip in the build report — never a lost run, a le
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
@@ -21,7 +25,9 @@ from hypothesis import strategies as st
 from ddxr.cli import main
 from ddxr.errors import SourceError
 from ddxr.facade import DataDecideNext
+from ddxr.managers.naming import parse_model_paths, parse_run_names
 from ddxr.managers.progression import repair_token_restarts
+from ddxr.sources.datadecide import _parse_dicts, parse_metrics, read_datadecide
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.synthetic import generate
 
@@ -318,3 +324,146 @@ def test_a_string_of_keys_is_refused_whole(sqlite_url):
     with pytest.raises(SourceError, match=r"not the string 'train_loss'; wrap it in a list"):
         next(store.iter_history(["r1"], "train_loss"))
     assert store.read_history(["r1"], iter(["train_loss"]))["train_loss"].tolist() == [3.0, 2.0]
+
+
+# ----------------------------------------------------------------------------------------------- DataDecide
+
+
+@pytest.mark.parametrize("emptied", ["ppl_eval", "downstream_eval", "both"])
+def test_zero_row_datadecide_files_are_reported_or_refused(small_sources, tmp_path, emptied):
+    folder = tmp_path / "datadecide"
+    shutil.copytree(small_sources[0] / "datadecide", folder)
+    names = ["ppl_eval", "downstream_eval"] if emptied == "both" else [emptied]
+    for name in names:
+        table = pq.read_table(folder / f"{name}.parquet")
+        pq.write_table(table.slice(0, 0), folder / f"{name}.parquet")
+    if emptied == "both":
+        with pytest.raises(SourceError, match="no DataDecide checkpoint to read .* re-download"):
+            read_datadecide(folder)
+        return
+    evals = read_datadecide(folder)
+    what = "perplexities" if emptied == "ppl_eval" else "downstream metrics"
+    skipped = evals.skipped.set_index("reason")
+    assert skipped.loc[f"file holds no rows: its {what} are absent from the dataset", "source"].endswith(
+        f"{emptied}.parquet"
+    )
+    ppl = evals.table.filter(like="_valppl")
+    assert ppl.isna().all().all() if emptied == "ppl_eval" else ppl.notna().any().any()
+    assert evals.table["arc_challenge"].isna().all() == (emptied == "downstream_eval")
+
+
+_TOO_LARGE = "value of 'acc_raw' is too large for a float: left NaN"
+
+
+def test_huge_numbers_are_counted_nan_on_every_parse_path(sqlite_url, pg_url):
+    digits = "1" + "0" * 400
+    cells = [
+        "{'acc_raw': 1e999, 'margin': inf}",  # fast path
+        f"{{'acc_raw': {digits}, 'margin': -inf}}",  # fast path, integer spelling
+        "{'acc_raw': 1e999, 'margin': inf, 'extra': (1)}",  # literal parser
+        f"{{'acc_raw': {digits}, 'margin': inf, 'extra': (1)}}",  # literal parser, integer spelling
+    ]
+    values, problems = parse_metrics(cells)
+    assert values["acc_raw"].isna().all() and np.isinf(values["margin"]).all()
+    assert problems.groupby("reason")["row"].apply(list).to_dict()[_TOO_LARGE] == [0, 1, 2, 3]
+    # full_eval columns stored as text
+    full_eval = pd.DataFrame(
+        {"params": ["4M"] * 3, "data": ["Dolma1.7"] * 3, "seed": [0] * 3, "step": [0, 1, 2]}
+    ).assign(arc_challenge_acc_raw=pd.Series(["1e999", "inf", "0.5"], dtype=object))
+    evals = read_datadecide(type("DataDecide", (), {"full_eval": full_eval})())
+    assert evals.table["arc_challenge_acc_raw"].tolist()[1:] == [np.inf, 0.5]
+    assert np.isnan(evals.table["arc_challenge_acc_raw"].iloc[0])
+    assert (evals.skipped["reason"] == "value too large for a float: left NaN").sum() == 1
+    # the store: JSON numbers beyond float64, while the strings W&B writes for inf stay inf
+    for url in (sqlite_url, pg_url):
+        store, engine = _two_run_store(url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                'UPDATE wandb_history SET metrics = \'{"train_loss": 1e999, "lr": "Infinity"}\' WHERE run_id = \'r2\''
+            )
+            connection.exec_driver_sql(
+                f"UPDATE wandb_history SET metrics = '{{\"train_loss\": {digits}}}' WHERE step = 2"
+            )
+        history = store.read_history(None, ["train_loss", "lr"])
+        assert history["train_loss"].isna().tolist() == [False, True, True] and history["lr"].iloc[2] == np.inf
+        assert history.attrs["coercion_failures"] == {"train_loss": 2, "lr": 0}
+
+
+def _cell(keys: list[str]) -> str:
+    return "{" + ", ".join(f"'{key}': 0.5" for key in keys) + "}"
+
+
+def test_absurd_metrics_cells_are_skipped_and_memory_stays_bounded():
+    real = _cell(["acc_raw", "acc_per_char", "primary_score"])
+    huge = _cell([f"k{number}" for number in range(20_000)])  # 358 KB, 20k keys
+    many_keys = [_cell([f"r{row}_{key}" for key in range(30)]) for row in range(1_000)]  # 30k distinct keys
+    texts = pa.array([real, huge, *many_keys, "{" + "'x': 1, " * 1_200 + "'y': 2}"], pa.large_string())
+    tracemalloc.start()
+    parsed = _parse_dicts(texts, first_row=10)  # what the reader streams: (row, key, value) triplets
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # memory follows the triplets (30k), not cells × distinct keys (1k × 30k int64 = 240 MB before)
+    assert peak < 50e6
+    assert [row for row, _ in parsed.problems] == [11, 1_012]
+    assert all(reason.startswith("metrics cell beyond 65536 characters or 1000 keys") for _, reason in parsed.problems)
+    assert len(parsed.rows) == 3 + 30_000 and set(parsed.rows.tolist()) == {10, *range(12, 1_012)}
+    values, problems = parse_metrics([real, huge])
+    assert values.loc[0, ["acc_raw", "acc_per_char", "primary_score"]].tolist() == [0.5, 0.5, 0.5]
+    assert values.shape == (2, 3) and values.iloc[1].isna().all() and problems["row"].tolist() == [1]
+
+
+# ----------------------------------------------------------------------------------------------- fuzzing
+
+_METRIC_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet="{}[]()'\":, -+.0123456789eEinfaNoTrueFalsx_\\", max_size=80),
+    st.lists(
+        st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True), st.floats() | st.integers()),
+        max_size=6,
+    ).map(lambda items: "{" + ", ".join(f"'{key}': {value!r}" for key, value in items) + "}"),
+    st.none(),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_METRIC_TEXT, min_size=1, max_size=8))
+def test_fuzzed_metrics_cells_give_values_or_counted_problems(texts):
+    values, problems = parse_metrics(texts)
+    assert len(values) == len(texts) and (values.dtypes == "float64").all()
+    assert set(problems.columns) == {"row", "reason"} and problems["row"].between(0, len(texts) - 1).all()
+    for row, text in enumerate(texts):  # a cell without any value is either empty or has a problem counted
+        if values.iloc[row].isna().all() and text is not None and text.strip() not in ("{}", ""):
+            if row not in set(problems["row"]):
+                assert _only_missing_values(text)
+
+
+def _only_missing_values(text: str) -> bool:
+    """A dict literal all of whose values are None or nan (legitimately NaN, no problem to count)."""
+    try:
+        parsed = ast.literal_eval(text.replace("nan", "None"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and all(value is None for value in parsed.values())
+
+
+_NAME_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet="DdA-_=./0123456789MBtxlrFmainch", max_size=60),
+    st.sampled_from(["DD-", "dd__", "allenai--DataDecide-", "_lr=", "Mtx", "match_", "models--"]).flatmap(
+        lambda prefix: st.text(max_size=30).map(lambda rest: prefix + rest)
+    ),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(_NAME_TEXT, st.none()), min_size=1, max_size=6))
+def test_fuzzed_run_names_and_model_paths_parse_without_crashing(texts):
+    names = pd.Series(texts, dtype=object)
+    fields = parse_run_names(names)
+    assert len(fields) == len(texts) and fields.index.equals(names.index)
+    assert fields["family"].isin(["dd", "legacy", "dpo"]).where(fields["family"].notna(), True).all()
+    numbers = fields[["step", "seed_index", "budget_tokens", "epochs", "parent_budget_tokens"]]
+    assert all(pd.api.types.is_float_dtype(dtype) for dtype in numbers.dtypes)
+    paths = parse_model_paths(names)
+    assert len(paths) == len(texts)
+    assert paths["kind"].isin(["hf_cache", "hf_repo", "output_dir", "missing"]).all()

@@ -61,6 +61,8 @@ __all__ = [
     "METRIC_COLUMNS",
     "PretrainingEvals",
     "PretrainingSource",
+    "MAX_CELL_CHARS",
+    "MAX_CELL_KEYS",
     "STRICT_DICT",
     "datadec_schedule",
     "flops_per_token",
@@ -123,6 +125,12 @@ _FULL_EVAL_EXTRAS = frozenset(
 _RAW_IGNORED = frozenset(("chinchilla", "__index_level_0__", "tokens", "compute"))
 
 _CHUNK_ROWS = 20_000  # dict-strings parsed per batch: keeps temporaries small enough for the allocator to reuse
+#: Longest metrics cell parsed, in characters, and most ``:`` (keys) it may hold. Real cells hold 34 keys in about
+#: 1 KB; parsing costs memory in cells × distinct keys, so an absurd cell (20k keys) is skipped before parsing.
+MAX_CELL_CHARS = 64 * 1024
+MAX_CELL_KEYS = 1_000
+#: Unknown metric keys listed one by one in the skips; the rest are counted together.
+_UNKNOWN_KEYS_LISTED = 50
 _PARSE_THREADS = 4  # workers parsing metrics batches at once (at most one per core)
 _Skip = tuple[str, Any, str, str]  # a skipped row, cell or column: source, row, column, reason
 _STEP_BITS = 32  # checkpoint key = (((params * 32 + data) * 8 + seed) << 32) | step; sorts like the output
@@ -235,8 +243,9 @@ class PretrainingSource:
         Raises
         ------
         SourceError
-            On missing columns, unknown recipes or sizes, non-integral steps, or duplicate checkpoints (or
-            checkpoint-task rows) with different values. Isolated bad cells are skipped and listed in
+            On missing columns, unknown recipes or sizes, non-integral steps, duplicate checkpoints (or
+            checkpoint-task rows) with different values, or when no input holds a checkpoint. Isolated bad cells,
+            and a raw export holding no rows (its metrics are then absent), are skipped and listed in
             :attr:`PretrainingEvals.skipped` instead.
         """
         if self._object is not None:
@@ -246,6 +255,12 @@ class PretrainingSource:
             wide = _read_full_eval_file(self._files["full_eval"], self.mean)
         else:
             wide = _read_raw(self._files["downstream"], self._files["ppl"])
+        if not len(wide.keys):
+            raise SourceError(
+                f"{self.description}: no DataDecide checkpoint to read (the input holds no rows, or none with all of "
+                f"{', '.join(_KEYS)}); re-download allenai/DataDecide-eval-results and DataDecide-ppl-results or "
+                "regenerate the file with datadec"
+            )
         return PretrainingEvals(table=wide.to_table(), skipped=_skip_frame(wide.skipped), source=self.description)
 
 
@@ -552,6 +567,10 @@ def _shown(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
+def _empty_file(source: str, what: str) -> _Skip:
+    return (source, "all", "", f"file holds no rows: its {what} are absent from the dataset")
+
+
 def _skip_frame(skipped: list[_Skip]) -> pd.DataFrame:
     return pd.DataFrame(skipped, columns=["source", "row", "column", "reason"]).astype({"row": object})
 
@@ -700,9 +719,15 @@ def _float_matrix(frame: pd.DataFrame, names: Sequence[str | None], source: str)
         matrix[:, list(positions)] = frame[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
     skipped = []
     for position, name in set(wanted) - set(numeric):
-        numbers = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
         for row in np.flatnonzero(np.isnan(numbers) & frame[name].notna().to_numpy()):
             skipped.append((source, int(row), name, f"{_shown(frame[name].iloc[row])} is not a number: left NaN"))
+        # text beyond float64 ("1e999") reads as inf: NaN and counted, as in metrics cells; "inf" stays inf
+        spelled = frame[name].astype("str").str.fullmatch(r"\s*[+-]?inf(inity)?\s*", case=False)
+        spelled_inf = spelled.fillna(False).to_numpy(bool)
+        for row in np.flatnonzero(np.isinf(numbers) & ~spelled_inf):
+            skipped.append((source, int(row), name, "value too large for a float: left NaN"))
+            numbers[row] = np.nan
         matrix[:, position] = numbers
     return matrix, skipped
 
@@ -744,6 +769,8 @@ def _read_ppl(path: Path) -> tuple[np.ndarray, np.ndarray, list[int], list[_Skip
         elif name not in (*_KEYS, *_RAW_IGNORED):
             skipped.append((source, "all", name, "not a DataDecide perplexity column: ignored"))
     frame = _parquet_frame(path, [*_KEYS, *sets])
+    if frame.empty:
+        skipped.append(_empty_file(source, "perplexities"))
     keys, complete, key_skips = _checkpoint_keys(frame, source, seed_names=True, has_seed=True)
     values, cell_skips = _float_matrix(frame, list(sets), source)
     rows = np.flatnonzero(complete)
@@ -778,7 +805,12 @@ def _read_downstream_keys(path: Path) -> dict[str, Any]:
         "keys": keys,
         "task": task,
         "usable": complete & (task >= 0),
-        "skipped": [*ignored, *key_skips, *unknown_task],
+        "skipped": [
+            *ignored,
+            *key_skips,
+            *unknown_task,
+            *([_empty_file(source, "downstream metrics")] if frame.empty else []),
+        ],
     }
     rows |= {name: frame[name].to_numpy(dtype=np.float64, na_value=np.nan) for name in optional}
     return rows
@@ -813,9 +845,10 @@ def _fill_metrics(
     unknown: dict[str, int] = {}
     for parsed in _parsed_batches(path):
         skipped.extend((source, row, "metrics", reason) for row, reason in parsed.problems)
-        for code, key in enumerate(parsed.keys):
+        per_key = np.bincount(parsed.codes, minlength=len(parsed.keys))
+        for code, key in enumerate(parsed.keys):  # a loop over distinct keys (34 in real files), not rows
             if key not in metric_index and key not in DROPPED_METRIC_KEYS:
-                unknown[key] = unknown.get(key, 0) + int(np.count_nonzero(parsed.codes == code))
+                unknown[key] = unknown.get(key, 0) + int(per_key[code])
         codes = np.array([metric_index.get(key, -1) for key in parsed.keys], dtype=np.int64)[parsed.codes]
         keep = (codes >= 0) & usable[parsed.rows]
         rows, codes, values = parsed.rows[keep], codes[keep], parsed.values[keep]
@@ -823,7 +856,13 @@ def _fill_metrics(
         in_repeat = repeated[rows]
         repeated_values[np.searchsorted(repeated_rows, rows[in_repeat]), codes[in_repeat]] = values[in_repeat]
     reason = "unknown metric key {!r}: ignored (known keys: ddxr.vocabulary.METRICS)"
-    skipped.extend((source, f"{count} rows", "metrics", reason.format(key)) for key, count in sorted(unknown.items()))
+    listed = sorted(unknown.items())[:_UNKNOWN_KEYS_LISTED]
+    skipped.extend((source, f"{count} rows", "metrics", reason.format(key)) for key, count in listed)
+    if len(unknown) > len(listed):
+        rest = sum(unknown.values()) - sum(count for _, count in listed)
+        skipped.append(
+            (source, f"{rest} values", "metrics", f"{len(unknown) - len(listed)} more unknown metric keys: ignored")
+        )
     if len(repeated_rows):
 
         def describe(position: int) -> str:
@@ -937,7 +976,8 @@ _NUMBER = r"(?:0+|[1-9][0-9]*|[0-9]+\.[0-9]*(?:e[-+]?[0-9]+)?|[0-9]+e[-+]?[0-9]+
 _VALUE = rf"(?:-?{_NUMBER}|None|True|False)"
 #: The strict grammar of the fast path: Python's repr of a dict of identifier keys and plain numbers.
 STRICT_DICT = rf"^\{{(?:{_KEY}: {_VALUE}(?:, {_KEY}: {_VALUE})*)?\}}$"
-_QUOTE, _NONE, _TRUE, _FALSE = (ord(character) for character in "'NTF")
+_QUOTE, _NONE, _TRUE, _FALSE, _INF, _MINUS = (ord(character) for character in "'NTFi-")
+_TOO_LARGE = "value of {!r} is too large for a float: left NaN"
 
 
 @dataclass
@@ -965,8 +1005,25 @@ def _as_string_array(texts: Iterable[str | None] | pd.Series | pa.Array | pa.Chu
 
 
 def _parse_dicts(texts: pa.Array, first_row: int) -> _ParsedDicts:
-    """Parse one batch: the vectorized strict path, then the literal parser for the cells it rejects."""
+    """Parse one batch: the vectorized strict path, then the literal parser for the cells it rejects.
+
+    Cells beyond :data:`MAX_CELL_CHARS` or :data:`MAX_CELL_KEYS` are skipped unparsed, with a problem each.
+    """
     texts = texts.cast(pa.large_string())
+    lengths = pc.utf8_length(texts).fill_null(0).to_numpy(zero_copy_only=False)
+    colons = pc.count_substring(texts, ":").fill_null(0).to_numpy(zero_copy_only=False)
+    absurd = (lengths > MAX_CELL_CHARS) | (colons > MAX_CELL_KEYS)
+    if absurd.any():
+        parsed = _parse_dicts(texts.filter(pa.array(~absurd)), 0)
+        kept = np.flatnonzero(~absurd)
+        parsed.rows = kept[parsed.rows] + first_row
+        parsed.problems = [(int(kept[row]) + first_row, reason) for row, reason in parsed.problems]
+        reason = (
+            f"metrics cell beyond {MAX_CELL_CHARS} characters or {MAX_CELL_KEYS} keys (real cells hold 34 keys): "
+            "row skipped unparsed"
+        )
+        parsed.problems += [(int(row) + first_row, reason) for row in np.flatnonzero(absurd)]
+        return parsed
     strict = pc.match_substring_regex(texts, STRICT_DICT).fill_null(False).to_numpy(zero_copy_only=False)
     accepted = np.flatnonzero(strict)
     if len(accepted) == len(texts):
@@ -974,11 +1031,14 @@ def _parse_dicts(texts: pa.Array, first_row: int) -> _ParsedDicts:
     else:
         fast = _parse_strict(texts.filter(pa.array(strict)))
         fast.rows = accepted[fast.rows]
+        fast.problems = [(int(accepted[row]), reason) for row, reason in fast.problems]
     repeated_key = _rows_with_repeated_keys(fast, len(texts))
     fallback_rows = np.union1d(np.flatnonzero(~strict), repeated_key)
     if len(repeated_key):
         keep = ~np.isin(fast.rows, repeated_key)
         fast.rows, fast.codes, fast.values = fast.rows[keep], fast.codes[keep], fast.values[keep]
+        resolved = set(repeated_key.tolist())
+        fast.problems = [problem for problem in fast.problems if problem[0] not in resolved]
     slow = _parse_literals(texts.take(pa.array(fallback_rows, type=pa.int64())).to_pylist(), fallback_rows)
     return _merge(fast, slow, first_row)
 
@@ -1011,15 +1071,24 @@ def _parse_strict(texts: pa.Array) -> _ParsedDicts:
     values = np.where(first_byte == _TRUE, 1.0, np.where(first_byte == _FALSE, 0.0, np.nan))
     numbers = pc.take(tokens, pa.array(2 + 4 * np.flatnonzero(numeric)))
     values[numeric] = pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False)
-    return _ParsedDicts(rows, keys.dictionary.to_pylist(), keys.indices.to_numpy(), values, [])
+    # a literal beyond float64 (1e999) casts to inf: NaN and counted, as the literal parser does; `inf` stays inf
+    spelled_inf = (first_byte == _INF) | (
+        (first_byte == _MINUS) & (data[np.minimum(value_start + 1, len(data) - 1)] == _INF)
+    )
+    overflow = np.flatnonzero(np.isinf(values) & ~spelled_inf)
+    values[overflow] = np.nan
+    names, codes = keys.dictionary.to_pylist(), keys.indices.to_numpy()
+    problems = [(int(rows[entry]), _TOO_LARGE.format(names[codes[entry]])) for entry in overflow]
+    return _ParsedDicts(rows, names, codes, values, problems)
 
 
 def _rows_with_repeated_keys(parsed: _ParsedDicts, n_rows: int) -> np.ndarray:
     """Rows naming a key twice: the literal parser resolves them (last value wins, as in Python)."""
     if not len(parsed.rows):
         return np.empty(0, np.int64)
-    counts = np.bincount(parsed.rows * len(parsed.keys) + parsed.codes, minlength=n_rows * len(parsed.keys))
-    return np.unique(np.flatnonzero(counts > 1) // len(parsed.keys))
+    # sorted (row, key) pairs: memory follows the triplets, never rows × distinct keys
+    pairs = np.sort(parsed.rows.astype(np.int64) * len(parsed.keys) + parsed.codes)
+    return np.unique(pairs[1:][pairs[1:] == pairs[:-1]] // len(parsed.keys))
 
 
 def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDicts:
@@ -1047,12 +1116,22 @@ def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDic
 
 
 class _NamedFloats(ast.NodeTransformer):
-    """Turns the names ``nan`` and ``inf`` (how Python prints those floats) into constants."""
+    """Turns the names ``nan`` and ``inf`` (how Python prints those floats) into constants, and float literals
+    beyond float64 (``1e999``, which Python reads as inf) into an integer too large for a float, so they are
+    refused like ``10**400``: ``inf`` must be spelled."""
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id in ("nan", "inf"):
             return ast.copy_location(ast.Constant(float(node.id)), node)
         return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        if isinstance(node.value, float) and math.isinf(node.value):
+            return ast.copy_location(ast.Constant(_OVERFLOWED), node)
+        return node
+
+
+_OVERFLOWED = 2**1024  # the smallest integer float() refuses
 
 
 def _literal_metrics(text: str | None) -> tuple[dict[str, float], list[str]]:
@@ -1076,7 +1155,7 @@ def _literal_metrics(text: str | None) -> tuple[dict[str, float], list[str]]:
             try:
                 values[key] = float(value)
             except OverflowError:
-                problems.append(f"value of {key!r} is too large for a float: left NaN")
+                problems.append(_TOO_LARGE.format(key))
         else:
             problems.append(f"value of {key!r} is {repr(value)[:60]}, not a number: left NaN")
     return values, problems
@@ -1086,6 +1165,7 @@ def _merge(fast: _ParsedDicts, slow: _ParsedDicts, first_row: int) -> _ParsedDic
     """Both paths' triplets, with row numbers counted from the start of the source."""
     if not len(slow.rows) and not slow.problems:  # the usual case: every cell took the fast path
         fast.rows += first_row
+        fast.problems = [(row + first_row, reason) for row, reason in fast.problems]
         return fast
     keys = list(dict.fromkeys([*fast.keys, *slow.keys]))
     position = {key: index for index, key in enumerate(keys)}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import operator
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,7 +53,10 @@ RUN_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_metrics", "sy
 READ_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_attrs")
 HISTORY_COLUMNS = ("run_id", "step", "timestamp", "runtime")
 _LAYOUT_A_MERGED = ("config", "summary")  # both read layout A's raw_data
-_NAN_TEXT = r"\s*[+-]?nan\s*"  # spellings pd.to_numeric reads as NaN on purpose: not coercion failures
+_NAN_TEXT = r"\s*[+-]?nan\s*"
+_INF_TEXT = re.compile(
+    r"\s*[+-]?inf(inity)?\s*", re.IGNORECASE
+)  # spellings of ±inf, not overflowing digits  # spellings pd.to_numeric reads as NaN on purpose: not coercion failures
 
 _JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -979,12 +983,20 @@ def _timestamps(raw: pd.DataFrame, kind: str) -> pd.Series:
 
 
 def _coerce(values: pd.Series) -> tuple[np.ndarray, int]:
-    """Metric values as float64 and the number of non-numeric values turned into NaN."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    failed = numbers.isna() & values.notna()
+    """Metric values as float64 and the number of values turned into NaN: non-numeric ones, and numbers beyond
+    float64 (JSON ``1e999``: PostgreSQL returns its digits, SQLite an inf REAL), as DataDecide cells are read.
+    The strings ``"Infinity"``/``"-Infinity"`` (how W&B and :meth:`WandBStore.store_history` write ±inf) stay ±inf."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
+    failed = np.isnan(numbers) & values.notna().to_numpy(bool)
     if failed.any():
         failed[failed] = ~values[failed].astype("str").str.fullmatch(_NAN_TEXT, case=False).to_numpy(dtype=bool)
-    return numbers.to_numpy(dtype="float64", na_value=np.nan), int(failed.sum())
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        spelled = values[infinite].map(lambda value: isinstance(value, str) and bool(_INF_TEXT.fullmatch(value)))
+        overflowed = np.flatnonzero(infinite)[~spelled.to_numpy(bool)]
+        numbers[overflowed] = np.nan
+        failed[overflowed] = True
+    return numbers, int(failed.sum())
 
 
 def _plain(value: object) -> object:
