@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddxr.cli import main
-from ddxr.errors import SourceError
+from ddxr.errors import InvalidArgumentError, SourceError
 from ddxr.facade import DataDecideNext
 from ddxr.managers.naming import parse_model_paths, parse_run_names
 from ddxr.managers.progression import repair_token_restarts
@@ -203,7 +203,7 @@ def test_a_locked_store_table_fails_with_a_timeout_instead_of_hanging(pg_url):
         holder.close()
     with WandBStore(pg_url, lock_timeout=0.5) as store:  # the lock is gone: reads work again
         assert store.read_history(None, ["train_loss"]).empty
-    with pytest.raises(SourceError, match="lock_timeout must be a number of seconds"):
+    with pytest.raises(InvalidArgumentError, match="lock_timeout must be a number of seconds"):
         WandBStore(pg_url, lock_timeout=-1)
 
 
@@ -319,9 +319,9 @@ def test_invalid_json_in_a_sqlite_store_names_table_run_and_row(sqlite_url, cell
 
 def test_a_string_of_keys_is_refused_whole(sqlite_url):
     store, _ = _two_run_store(sqlite_url)
-    with pytest.raises(SourceError, match=r"not the string 'train_loss'; wrap it in a list"):
+    with pytest.raises(InvalidArgumentError, match=r"not the string 'train_loss'; wrap it in a list"):
         store.read_history(["r1"], "train_loss")
-    with pytest.raises(SourceError, match=r"not the string 'train_loss'; wrap it in a list"):
+    with pytest.raises(InvalidArgumentError, match=r"not the string 'train_loss'; wrap it in a list"):
         next(store.iter_history(["r1"], "train_loss"))
     assert store.read_history(["r1"], iter(["train_loss"]))["train_loss"].tolist() == [3.0, 2.0]
 

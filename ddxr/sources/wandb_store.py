@@ -154,7 +154,7 @@ class WandBStore:
             if seconds is not None and (
                 isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0
             ):
-                raise SourceError(f"{name} must be a number of seconds ≥ 0 or None, got {seconds!r}")
+                raise InvalidArgumentError(f"{name} must be a number of seconds ≥ 0 or None, got {seconds!r}")
         self._engine = self._url.create_engine(**timeouts)
         self._schema_cache: _Schema | None = None
         with self._connect():  # an unreachable server fails here, not at the first read
