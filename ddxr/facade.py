@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +29,8 @@ from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingPr
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.progress import progress_bar
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
-from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
+from ddxr.sources.wandb_store import WandBStore
+from ddxr.stage_cache import HistoryRead, StageCache
 from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
 
 #: Columns of the runs table carried into the runs Dataset besides the links.
@@ -92,23 +93,31 @@ class DataDecideNext:
         self.dpo_tokens_per_pair = float(dpo_tokens_per_pair)
         self.progress = progress
         self.evaluations = EvaluationManager(metrics)
+        self.stage_cache = StageCache(self.cache_dir / "stages")
         self._read_for: Path | None = None  # the cache file the managers below were read for
 
     # ------------------------------------------------------------------ sources and managers
     @cached_property
     def pretraining(self) -> PretrainingEvals:
-        """The DataDecide evaluations as read (table and counted skips)."""
-        return self.pretraining_source.read()
+        """The DataDecide evaluations as read (table and counted skips), parsed once per version of the files."""
+        return self.stage_cache.datadecide(self.pretraining_source)
+
+    @cached_property
+    def _store_runs(self) -> pd.DataFrame:
+        return self.wandb.read_runs()
+
+    @cached_property
+    def _evaluation_entries(self) -> pd.DataFrame:
+        return self.wandb.read_run_entries("summary", "oe_eval_metrics/")
 
     @cached_property
     def relationships(self) -> RunRelationshipManager:
         """Links of every post-training run to its base checkpoint and parent."""
-        return RunRelationshipManager(self.wandb.read_runs(), self.pretraining.table)
+        return RunRelationshipManager(self._store_runs, self.pretraining.table)
 
     @cached_property
     def _posttraining_evaluations(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        entries = self.wandb.read_run_entries("summary", "oe_eval_metrics/")
-        return self.evaluations.posttraining_evaluations(entries)
+        return self.evaluations.posttraining_evaluations(self._evaluation_entries)
 
     @cached_property
     def _pretraining_metrics(self) -> pd.DataFrame:
@@ -119,29 +128,29 @@ class DataDecideNext:
         return standardized.merge(table[_KEYS + extra], on=_KEYS, how="left", validate="one_to_one")
 
     @cached_property
-    def training(self) -> TrainingProgressionManager:
-        """Curves of both phases, cleaned and aligned on cumulative tokens."""
+    def _history(self) -> HistoryRead:
+        """History of the linked runs: runs whose history is unchanged since the last build come from the stage
+        cache, the others from the store; values that were neither numbers nor NaN are counted for the report."""
         links = self.relationships.links
         linked = links.loc[links["link_status"] == "linked", "run_id"].tolist()
-        history = self._read_history(linked)
+
+        def bar(chunks):
+            return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
+
+        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, chunks=bar)
+
+    @cached_property
+    def training(self) -> TrainingProgressionManager:
+        """Curves of both phases, cleaned and aligned on cumulative tokens."""
         evaluated = set(self._posttraining_evaluations[0].index)
         return TrainingProgressionManager(
             self._pretraining_metrics,
-            history,
+            self._history.frame,
             self.relationships,
             evaluated_runs=evaluated,
             pretraining_seeds=self.pretraining_seeds,
             dpo_tokens_per_pair=self.dpo_tokens_per_pair,
         )
-
-    def _read_history(self, run_ids: list[str]) -> pd.DataFrame:
-        chunks = self.wandb.iter_history(run_ids, HISTORY_KEYS)
-        frames = list(progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True))
-        # values that were neither numbers nor NaN became NaN: count them for the build report
-        self._history_coercions = sum((Counter(frame.attrs.get(COERCION_FAILURES, {})) for frame in frames), Counter())
-        if frames:
-            return pd.concat(frames, ignore_index=True)
-        return self.wandb.read_history([], HISTORY_KEYS)
 
     # ------------------------------------------------------------------ build and cache
     def options(self) -> dict:
@@ -171,20 +180,33 @@ class DataDecideNext:
         """File the dataset of the current sources is cached in."""
         return self.cache_dir / f"ddxr-{self.fingerprint()}.nc"
 
-    def build(self) -> tuple[xr.Dataset, xr.Dataset]:
-        """Build the curves and runs Datasets from the sources, bypassing the cache."""
+    def build_stages(self) -> list[tuple[str, Callable[[], object]]]:
+        """The steps of :meth:`build` in order, as ``(label, step)``; the last step returns ``(curves, runs)``.
+
+        Each step computes what the next ones use (and keeps it), so running them one by one (a benchmark timing
+        each) does exactly what :meth:`build` does.
+        """
         self._current_cache_path()
-        with progress_bar(total=5, desc="ddxr build", unit="stage", enabled=self.progress) as stages:
-            for label, stage in (
-                ("read DataDecide", lambda: self.pretraining),
-                ("link runs", lambda: self.relationships),
-                ("read evaluations", lambda: self._posttraining_evaluations),
-                ("read history", lambda: self.training),
-                ("lay out points", lambda: self.training.points()),
-            ):
-                stages.set_postfix_str(label)
-                stage()
-                stages.update()
+        return [
+            ("read DataDecide", lambda: self._pretraining_metrics),
+            ("read store runs", lambda: (self._store_runs, self._evaluation_entries)),
+            ("link", lambda: (self.relationships, self._posttraining_evaluations)),
+            ("read store history", lambda: self._history),
+            ("assemble", self._assemble),
+        ]
+
+    def build(self) -> tuple[xr.Dataset, xr.Dataset]:
+        """Build the curves and runs Datasets from the sources, bypassing the cache file (not the stage caches:
+        they are keyed by the sources they hold, see :mod:`ddxr.stage_cache`)."""
+        stages = self.build_stages()
+        with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
+            for label, stage in stages:
+                bar.set_postfix_str(label)
+                result = stage()
+                bar.update()
+        return result
+
+    def _assemble(self) -> tuple[xr.Dataset, xr.Dataset]:
         post_metrics, _ = self._posttraining_evaluations
         available = [*self._pretraining_metrics.columns, *post_metrics.columns, "train_loss", "lr_at_step"]
         curves = assemble_curves(
@@ -231,7 +253,7 @@ class DataDecideNext:
             "evaluations_skipped": len(eval_skips),
             "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
             "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
-            "history_values_not_numeric": dict(self._history_coercions),
+            "history_values_not_numeric": dict(self._history.coercions),
             "history_rows_without_a_run": sum(orphans.values()),
             "history_run_ids_without_a_run": sorted(orphans)[:20],
             "progression": training.report.as_dict(),
@@ -256,6 +278,9 @@ class DataDecideNext:
         if self._read_for not in (None, path):
             for name in (
                 "pretraining",
+                "_store_runs",
+                "_evaluation_entries",
+                "_history",
                 "relationships",
                 "_posttraining_evaluations",
                 "_pretraining_metrics",

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from ddxr.errors import InvalidArgumentError, SourceError
+from ddxr.sources._copy import copy_tables
 from ddxr.sources._sql import (
     StoreURL,
     any_of,
@@ -416,6 +417,30 @@ class WandBStore:
         with self._connect() as connection:
             return {run_id: int(count) for run_id, count in connection.execute(query)}
 
+    def history_snapshot(self) -> pd.DataFrame:
+        """Rows and largest row id of each run's history: both move when a run logs more rows, and ``max_id``
+        moves when its history is replaced (:meth:`store_history` deletes and inserts).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``run_id`` (str), ``rows``, ``max_id`` (int64), one row per run with history, ordered by ``run_id``;
+            empty without a history table.
+        """
+        history = self._schema().history
+        columns = ["run_id", "rows", "max_id"]
+        if history is None:
+            return pd.DataFrame({name: pd.Series(dtype="str" if name == "run_id" else "int64") for name in columns})
+        query = (
+            sa.select(history.c.run_id, sa.func.count(), sa.func.max(history.c.id))
+            .group_by(history.c.run_id)
+            .order_by(history.c.run_id)
+        )
+        with self._connect() as connection:
+            rows = connection.execute(query).all()
+        frame = pd.DataFrame.from_records(rows, columns=columns)
+        return frame.astype({"run_id": "str", "rows": "int64", "max_id": "int64"})
+
     def stats(self) -> dict[str, Any]:
         """What changes when the store's content changes, for cache fingerprints.
 
@@ -579,8 +604,12 @@ class WandBStore:
     def _stream(self, query: _HistoryQuery, chunk_size: int) -> Iterator[pd.DataFrame]:
         history = self._schema().history
         with self._connect() as connection, self._invalid_json(connection, (history, "metrics")):
-            for rows in stream_rows(connection, query.statement, chunk_size):
-                yield _history_frame(rows, query)
+            if self._url.dialect == "postgresql":  # COPY: text parsed column-wise by Arrow, not tuple by tuple
+                for table in copy_tables(connection, query.statement, _copy_types(query), chunk_size):
+                    yield _history_frame(_parsed_numbers(table).to_pandas(), query)
+            else:
+                for rows in stream_rows(connection, query.statement, chunk_size):
+                    yield _history_frame(rows, query)
 
     @contextmanager
     def _invalid_json(self, connection: sa.Connection, where: tuple[sa.Table, str] | None) -> Iterator[None]:
@@ -936,10 +965,31 @@ def _timestamp_column(history: sa.Table) -> tuple[sa.ColumnElement, str]:
     return sa.type_coerce(column, sa.String), kind
 
 
-def _history_frame(rows: Sequence[Sequence[object]], query: _HistoryQuery) -> pd.DataFrame:
-    """One chunk of SELECT rows as the documented history frame, with its coercion counts in ``attrs``."""
+def _copy_types(query: _HistoryQuery) -> dict[str, pa.DataType]:
+    """Arrow types of the history SELECT's columns as COPY writes them: all text until :func:`_parsed_numbers`."""
+    return dict.fromkeys([*HISTORY_COLUMNS, *(f"metric_{i}" for i in range(len(query.keys)))], pa.string())
+
+
+def _parsed_numbers(table: pa.Table) -> pa.Table:
+    """Text columns after ``run_id`` cast to float64 in Arrow where every value is a number or NaN/Infinity text; a
+    column holding anything else (dates, words) stays text for :func:`_history_frame` to read, check and count."""
+    for position in range(1, table.num_columns):
+        try:
+            numbers = pc.cast(table.column(position), pa.float64())
+        except pa.ArrowInvalid:
+            continue
+        table = table.set_column(position, table.field(position).with_type(pa.float64()), numbers)
+    return table
+
+
+def _history_frame(rows: Sequence[Sequence[object]] | pd.DataFrame, query: _HistoryQuery) -> pd.DataFrame:
+    """One chunk of SELECT rows (tuples, or a frame of the SELECT's columns) as the documented history frame, with
+    its coercion counts in ``attrs``."""
     labels = [f"metric_{i}" for i in range(len(query.keys))]
-    raw = pd.DataFrame.from_records(rows, columns=[*HISTORY_COLUMNS, *labels])
+    if isinstance(rows, pd.DataFrame):
+        raw = rows
+    else:
+        raw = pd.DataFrame.from_records(rows, columns=[*HISTORY_COLUMNS, *labels])
     step = _stored_numbers(raw, "step", integral=True)
     columns = {
         "run_id": raw["run_id"].astype("str"),

@@ -1,0 +1,446 @@
+"""End-to-end benchmark: build the Dataset from generated sources at three scales, stage by stage, against targets.
+
+Sources: the full DataDecide grid (14 sizes × 25 recipes, every seed; generated once into ``cache/bench/`` and
+reused) and ``ddxr.synthetic`` post-training runs written into a throwaway PostgreSQL database (created, vacuumed as
+a store read before would be, dropped at the end):
+
+    small   100 runs ×   500 steps
+    medium  2,000 runs × 1,000 steps
+    large   10,000 runs × 1,000 steps
+
+Each measured step runs in a fresh process (its peak RSS is its own; the build's stages share one process, as in a
+real build) with a fresh cache folder, so the build is cold:
+
+- stages of ``DataDecideNext.build`` (read DataDecide, read store runs, link, read store history, assemble), then
+  write and open + sweep ``.sel`` + ``to_dataframe()``: wall time, CPU time and peak RSS each;
+- the floor: a bare ``COPY (SELECT run_id, step, …, metrics->>'…') TO STDOUT`` of exactly the history the build reads,
+  against ``WandBStore.iter_history`` of the same rows (best of 2 each);
+- the refresh: 50 runs added to the store, then ``DataDecideNext.dataset()`` on the same cache folder.
+
+Prints the table and pass/fail per target; writes everything as JSON to ``benchmarks/results/<scale>-<time>.json``
+(git-ignored, except the committed ``reference.json``). The machine's load average is recorded: on a shared machine
+wall times are noisy, CPU times less so.
+
+    python benchmarks/run.py --scale medium [--pg postgresql://postgres@127.0.0.1:5432] [--datadecide raw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "cache" / "bench"
+RESULTS = Path(__file__).resolve().parent / "results"
+REFERENCE = RESULTS / "reference.json"
+SCALES = {"small": (100, 500), "medium": (2_000, 1_000), "large": (10_000, 1_000)}
+REFRESH_RUNS = 50
+SWEEP = {"params": "150M", "data": "Dolma1.7", "learning_rate": [1e-5, 3e-5, 1e-4, 3e-4]}
+GiB = 2**30
+TARGETS = {
+    "medium_seconds": 40.0,
+    "medium_peak_gib": 3.0,
+    "large_over_medium": 5.0,
+    "large_peak_gib": 4.0,
+    "open_select_export_seconds": 0.3,
+    "floor_ratio": 1.5,
+    "refresh_fraction": 0.10,
+}
+
+
+# --------------------------------------------------------------------------------------------- measuring in a child
+
+
+class StageMeter:
+    """Wall time, CPU time and peak RSS of consecutive stages of this process.
+
+    The peak of a stage is exact when it sets a new high for the process (``ru_maxrss``); otherwise it is the
+    highest RSS a sampling thread saw (every 5 ms) during the stage.
+    """
+
+    def __init__(self) -> None:
+        self.stages: list[dict] = []
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        with open("/proc/self/statm") as statm:
+            while not self._stop.wait(0.005):
+                statm.seek(0)
+                self._sampled = max(self._sampled, int(statm.read().split()[1]) * self._page)
+
+    @contextmanager
+    def stage(self, label: str) -> Iterator[None]:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        self._sampled = 0
+        start = time.perf_counter()
+        yield
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        high = after.ru_maxrss * 1024
+        peak = high if after.ru_maxrss > before.ru_maxrss else self._sampled
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        self.stages.append({"stage": label, "seconds": wall, "cpu_seconds": cpu, "peak_bytes": peak})
+
+    def close(self) -> dict:
+        self._stop.set()
+        return {"stages": self.stages, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
+    """A cold build, stage by stage, then the write of its cache file."""
+    from ddxr.cache import write_dataset
+    from ddxr.facade import DataDecideNext
+
+    meter = StageMeter()
+    dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
+    for label, step in dd.build_stages():
+        with meter.stage(label):
+            result = step()
+    path = dd.cache_path()
+    with meter.stage("write"):
+        write_dataset(*result, path)
+    curves, _ = result
+    linked = dd.relationships.links.query("link_status == 'linked'")["run_id"].tolist()
+    return meter.close() | {
+        "path": str(path),
+        "points": curves.sizes["point"],
+        "variables": len(curves.data_vars),
+        "history_rows": len(dd._history.frame),
+        "linked_runs": linked,
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def child_open(path: str) -> dict:
+    """Open + select one learning-rate sweep + ``to_dataframe()``: the first call in the process, then best of 3."""
+    import ddxr
+
+    meter = StageMeter()
+    rows = 0
+    for attempt in range(4):
+        with meter.stage("open + select + export" if attempt == 0 else "again"):
+            rows = len(ddxr.open_dataset(path).sel(**SWEEP).to_dataframe())
+    first, *again = meter.close()["stages"]
+    best = min(again, key=lambda stage: stage["seconds"])
+    return {"first": first, "best": best | {"stage": "open + select + export"}, "rows": rows}
+
+
+def child_refresh(data_dir: str, url: str, cache_dir: str) -> dict:
+    """``DataDecideNext.dataset()`` after the store gained runs: what a researcher's next session pays."""
+    from ddxr.facade import DataDecideNext
+
+    meter = StageMeter()
+    with meter.stage("refresh"):
+        dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
+        points = dd.dataset().sizes["point"]
+    return meter.close() | {"points": points, "runs_read_from_store": len(dd._history.read_from_store)}
+
+
+def child_store_read(url: str, run_ids_file: str) -> dict:
+    """``WandBStore.iter_history`` of the build's runs and keys, every chunk turned into its frame."""
+    from ddxr.managers.progression import HISTORY_KEYS
+    from ddxr.sources.wandb_store import WandBStore
+
+    run_ids = json.loads(Path(run_ids_file).read_text())
+    meter = StageMeter()
+    with WandBStore(url) as store, meter.stage("store read"):
+        rows = sum(len(chunk) for chunk in store.iter_history(run_ids, HISTORY_KEYS))
+    return meter.close() | {"rows": rows}
+
+
+CHILDREN: dict[str, Callable[..., dict]] = {
+    "build": child_build,
+    "open": child_open,
+    "refresh": child_refresh,
+    "store-read": child_store_read,
+}
+
+
+def in_child(name: str, *arguments: str) -> dict:
+    command = [sys.executable, __file__, "--child", name, *arguments]
+    output = subprocess.run(command, capture_output=True, text=True)
+    if output.returncode:
+        sys.exit(f"the {name} step failed:\n{output.stderr}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def datadecide_dir(layout: str) -> Path:
+    """The full-grid DataDecide files, generated on first use."""
+    from ddxr.sources.datadecide import DOWNSTREAM_FILE
+    from ddxr.synthetic.pretraining import write_datadecide
+
+    folder = CACHE / f"datadecide-{layout}"
+    marker = folder / "datadecide" / ("full_eval.parquet" if layout == "full_eval" else DOWNSTREAM_FILE)
+    if not marker.is_file():
+        start = time.perf_counter()
+        write_datadecide(folder, layouts=(layout,))
+        print(f"generated the full DataDecide grid ({layout}) in {time.perf_counter() - start:.0f} s")
+    return folder
+
+
+def store_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool) -> tuple[int, int]:
+    """Generate runs over the full grid and append those the store does not hold yet; (runs, history rows) added."""
+    from ddxr.sources.wandb_store import WandBStore
+    from ddxr.synthetic.posttraining import generate_posttraining
+    from ddxr.vocabulary import DATA, PARAMS
+
+    runs, history, _ = generate_posttraining(
+        n_runs, params=PARAMS, data=DATA, steps_per_run=steps, random_seed=random_seed, messy=messy
+    )
+    with WandBStore(url) as store:
+        store.create_tables()
+        held = set(store.read_runs()["run_id"])
+        runs = runs[~runs["run_id"].isin(held)]
+        history = history[history["run_id"].isin(runs["run_id"])]
+        store.store_runs(runs)
+        store.store_history(history)
+    vacuum(url)
+    return len(runs), len(history)
+
+
+def vacuum(url: str) -> None:
+    # a freshly COPYed table sets its hint bits on first read: vacuum, as a store read before would be
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    connection.cursor().execute("VACUUM ANALYZE")
+    connection.close()
+
+
+@contextmanager
+def throwaway_database(server: str) -> Iterator[str]:
+    name = f"ddxr_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(f"{server}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+# --------------------------------------------------------------------------------------------- the floor
+
+
+class _Sink:
+    """A file that keeps nothing: the COPY output's only cost is its transfer."""
+
+    bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.bytes += len(data)
+        return len(data)
+
+
+def floor(url: str, run_ids: list[str]) -> dict:
+    """A bare COPY of exactly the history columns and rows the build reads, in the build's order."""
+    from ddxr.managers.progression import HISTORY_KEYS
+
+    metrics = ", ".join(f"metrics->>'{key}'" for key in HISTORY_KEYS)
+    query = (
+        f'SELECT run_id, step, "timestamp", runtime, {metrics} FROM wandb_history '
+        "WHERE run_id = ANY(%s) ORDER BY run_id, step, id"
+    )
+    connection = psycopg2.connect(url)
+    sink = _Sink()
+    with connection.cursor() as cursor:
+        copy = cursor.mogrify(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", (run_ids,)).decode()
+        start, cpu = time.perf_counter(), time.process_time()
+        cursor.copy_expert(copy, sink)
+        seconds = time.perf_counter() - start
+    connection.close()
+    return {"seconds": seconds, "bytes": sink.bytes, "client_cpu_seconds": time.process_time() - cpu}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def table(stages: list[dict]) -> str:
+    lines = [f"{'stage':<26}{'wall s':>9}{'CPU s':>9}{'peak RSS GiB':>14}"]
+    for stage in stages:
+        lines.append(
+            f"{stage['stage']:<26}{stage['seconds']:>9.2f}{stage['cpu_seconds']:>9.2f}"
+            f"{stage['peak_bytes'] / GiB:>14.2f}"
+        )
+    return "\n".join(lines)
+
+
+def medium_reference() -> float | None:
+    """End-to-end seconds of the latest medium run on this machine, else of the committed reference."""
+    runs = sorted(RESULTS.glob("medium-*.json"))
+    for path in [*reversed(runs), REFERENCE]:
+        if path.is_file():
+            result = json.loads(path.read_text())
+            result = result.get("medium", result)
+            if "end_to_end_seconds" in result:
+                return result["end_to_end_seconds"]
+    return None
+
+
+def verdicts(scale: str, result: dict) -> list[tuple[str, bool]]:
+    checks = [
+        (
+            f"open + select + export {result['open']['best']['seconds']:.3f} s <= "
+            f"{TARGETS['open_select_export_seconds']} s",
+            result["open"]["best"]["seconds"] <= TARGETS["open_select_export_seconds"],
+        ),
+        (
+            f"store read / floor {result['floor_ratio']:.2f} <= {TARGETS['floor_ratio']}",
+            result["floor_ratio"] <= TARGETS["floor_ratio"],
+        ),
+        (
+            f"refresh after {REFRESH_RUNS} runs {result['refresh_fraction']:.1%} of the full build <= "
+            f"{TARGETS['refresh_fraction']:.0%}",
+            result["refresh_fraction"] <= TARGETS["refresh_fraction"],
+        ),
+    ]
+    seconds, peak = result["end_to_end_seconds"], result["peak_bytes"] / GiB
+    if scale == "medium":
+        checks += [
+            (f"end-to-end {seconds:.1f} s <= {TARGETS['medium_seconds']:.0f} s", seconds <= TARGETS["medium_seconds"]),
+            (f"peak RSS {peak:.2f} GiB <= {TARGETS['medium_peak_gib']:.0f} GiB", peak <= TARGETS["medium_peak_gib"]),
+        ]
+    if scale == "large":
+        medium = medium_reference()
+        ratio = seconds / medium if medium else float("nan")
+        checks += [
+            (
+                f"end-to-end {seconds:.1f} s = {ratio:.2f} x medium ({medium or float('nan'):.1f} s) <= "
+                f"{TARGETS['large_over_medium']:.0f} x",
+                medium is not None and ratio <= TARGETS["large_over_medium"],
+            ),
+            (f"peak RSS {peak:.2f} GiB <= {TARGETS['large_peak_gib']:.0f} GiB", peak <= TARGETS["large_peak_gib"]),
+        ]
+    return checks
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def run(scale: str, server: str, layout: str) -> dict:
+    n_runs, steps = SCALES[scale]
+    data_dir = datadecide_dir(layout)
+    work = CACHE / f"run-{uuid.uuid4().hex[:8]}"
+    loads = [os.getloadavg()]
+    with throwaway_database(server) as url:
+        start = time.perf_counter()
+        stored = store_runs(url, n_runs, steps, random_seed=0, messy=True)
+        print(
+            f"{scale}: stored {stored[0]:,} runs and {stored[1]:,} history rows in {time.perf_counter() - start:.0f} s"
+        )
+        try:
+            loads.append(os.getloadavg())
+            build = in_child("build", str(data_dir), url, str(work))
+            use = in_child("open", build["path"])
+            run_ids = work / "linked_runs.json"
+            run_ids.write_text(json.dumps(build.pop("linked_runs")))
+            floors = [floor(url, json.loads(run_ids.read_text())) for _ in range(2)]
+            reads = [in_child("store-read", url, str(run_ids)) for _ in range(2)]
+            loads.append(os.getloadavg())
+            added = store_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False)
+            refresh = in_child("refresh", str(data_dir), url, str(work))
+            loads.append(os.getloadavg())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    stages = [*build["stages"], use["first"]]
+    full_build = sum(stage["seconds"] for stage in build["stages"])
+    store_read = min(read["stages"][0]["seconds"] for read in reads)
+    floor_seconds = min(result["seconds"] for result in floors)
+    return {
+        "scale": scale,
+        "runs": stored[0],
+        "history_rows": stored[1],
+        "datadecide": layout,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1_5_15": loads,
+        "cpus": os.cpu_count(),
+        "stages": stages,
+        "end_to_end_seconds": sum(stage["seconds"] for stage in stages),
+        "end_to_end_cpu_seconds": sum(stage["cpu_seconds"] for stage in stages),
+        "peak_bytes": max(build["peak_bytes"], use["first"]["peak_bytes"]),
+        "points": build["points"],
+        "variables": build["variables"],
+        "file_bytes": build["file_bytes"],
+        "open": use,
+        "floor_seconds": floor_seconds,
+        "floor_bytes": floors[0]["bytes"],
+        "store_read_seconds": store_read,
+        "floor_ratio": store_read / floor_seconds,
+        "refresh": {"runs_added": added[0], "history_rows_added": added[1], **refresh},
+        "full_build_seconds": full_build,
+        "refresh_fraction": refresh["stages"][0]["seconds"] / full_build,
+    }
+
+
+def report(result: dict) -> bool:
+    print(
+        f"\n{result['scale']}: {result['runs']:,} runs, {result['history_rows']:,} history rows, full DataDecide grid "
+        f"({result['datadecide']}) -> {result['points']:,} points x {result['variables']} variables, "
+        f"{result['file_bytes'] / 2**20:.0f} MiB file; {result['cpus']} CPUs, load average "
+        f"{result['load_average_1_5_15'][0][0]:.1f} before the build, {result['load_average_1_5_15'][-1][0]:.1f} after"
+    )
+    print(table(result["stages"]))
+    print(
+        f"{'end to end':<26}{result['end_to_end_seconds']:>9.2f}{result['end_to_end_cpu_seconds']:>9.2f}"
+        f"{result['peak_bytes'] / GiB:>14.2f}"
+    )
+    open_best = result["open"]["best"]
+    print(f"open + select + export, best of 3 more in the same process: {open_best['seconds']:.3f} s")
+    print(
+        f"floor (bare COPY of the build's history, {result['floor_bytes'] / 2**20:.0f} MiB): "
+        f"{result['floor_seconds']:.2f} s; store read (iter_history): {result['store_read_seconds']:.2f} s; "
+        f"ratio {result['floor_ratio']:.2f}"
+    )
+    refresh = result["refresh"]
+    print(
+        f"refresh after adding {refresh['runs_added']} runs ({refresh['history_rows_added']:,} rows): "
+        f"{refresh['stages'][0]['seconds']:.2f} s ({refresh['runs_read_from_store']} runs' history read from the "
+        f"store) = {result['refresh_fraction']:.1%} of the full build ({result['full_build_seconds']:.2f} s)"
+    )
+    checks = verdicts(result["scale"], result)
+    for label, passed in checks:
+        print(f"{'PASS' if passed else 'FAIL'}  {label}")
+    return all(passed for _, passed in checks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="small")
+    parser.add_argument("--pg", default=os.environ.get("DDXR_TEST_PG", "postgresql://postgres@127.0.0.1:5432"))
+    parser.add_argument("--datadecide", choices=["full_eval", "raw"], default="full_eval", help="DataDecide layout")
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)  # set by the parent process
+    args, rest = parser.parse_known_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](*rest)))
+        return
+    result = run(args.scale, args.pg, args.datadecide)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.scale}-{result['when'].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    passed = report(result)
+    print(f"\nwritten {path.relative_to(ROOT)}")
+    sys.exit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+    main()

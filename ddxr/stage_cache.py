@@ -1,0 +1,251 @@
+"""Stage caches: the parsed DataDecide table and the history read from the W&B store, kept between builds.
+
+A build depends on both sources, so its cache file (:mod:`ddxr.cache`) is stale as soon as either changes. Its two
+expensive inputs change far less often than that:
+
+- the DataDecide table (≈1.5 M raw rows to parse) changes only with its files: it is kept as one netCDF file keyed
+  by the files' fingerprint (and the parser's code), so a change in the store never parses DataDecide again;
+- the history of a run that gained no rows is the history it had: the history read for the last build is kept as
+  parquet with a per-run snapshot of the store (rows and largest row id per run), and the next build reads from the
+  store only the runs that are new or whose snapshot changed (rows added, or the history replaced).
+
+Either way the build runs its whole pipeline on the same tables as a build without caches, so the result is the
+same Dataset. Files are netCDF and parquet (no pickle), written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xarray as xr
+
+import ddxr.sources.datadecide as datadecide_module
+import ddxr.sources.wandb_store as wandb_store_module
+import ddxr.vocabulary as vocabulary_module
+from ddxr.cache import SCHEMA_VERSION, fingerprint
+from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
+from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
+
+__all__ = ["HistoryRead", "StageCache"]
+
+_METADATA_KEY = "ddxr_stage"  # file metadata (JSON): what the stored table alone cannot say
+
+
+def _code_digest(*modules: object) -> str:
+    """Digest of the source code that produced a stage: a changed parser or vocabulary never reuses old tables."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class HistoryRead:
+    """History rows of the linked runs and the non-numeric values read as NaN, per metric key.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        ``WandBStore.iter_history`` columns, ``run_id`` as a categorical over the requested runs.
+    coercions : collections.Counter
+        ``{metric key: values that were not numbers}`` over the rows read.
+    read_from_store : list of str
+        Runs whose history was read from the store (the others came from the stage cache).
+    """
+
+    def __init__(self, frame: pd.DataFrame, coercions: Counter, read_from_store: list[str]) -> None:
+        self.frame = frame
+        self.coercions = coercions
+        self.read_from_store = read_from_store
+
+
+class StageCache:
+    """Parquet caches of the DataDecide table and of the store's history under ``folder``.
+
+    Parameters
+    ----------
+    folder : str or path
+        Where the stage files live (created when first written).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    # ------------------------------------------------------------------ DataDecide
+    def datadecide_path(self, source: PretrainingSource) -> Path:
+        """File of the parsed table of ``source`` as its files are now."""
+        key = fingerprint(
+            {
+                "files": source.file_stats(),
+                "mean": source.mean,
+                "reader": _code_digest(datadecide_module, vocabulary_module),
+                "schema_version": SCHEMA_VERSION,
+            }
+        )
+        return self.folder / f"datadecide-{key}.nc"
+
+    def datadecide(self, source: PretrainingSource) -> PretrainingEvals:
+        """The parsed DataDecide table: from the stage file when the files are unchanged, else parsed and kept.
+
+        Raises
+        ------
+        SourceError
+            As :meth:`PretrainingSource.read`, when the files must be parsed.
+        """
+        path = self.datadecide_path(source)
+        if path.is_file():
+            return _read_evals(path)
+        evals = source.read()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_evals(evals, path)
+        return evals
+
+    # ------------------------------------------------------------------ history
+    def history_path(self, store: WandBStore, keys: Sequence[str]) -> Path:
+        """File of the history last read from ``store`` with ``keys``."""
+        key = fingerprint(
+            {
+                "store": store.url_redacted,
+                "keys": list(keys),
+                "reader": _code_digest(wandb_store_module),
+                "schema_version": SCHEMA_VERSION,
+            }
+        )
+        return self.folder / f"history-{key}.parquet"
+
+    def history(self, store: WandBStore, run_ids: Sequence[str], keys: Sequence[str], chunks=iter) -> HistoryRead:
+        """History of ``run_ids``: unchanged runs from the stage file, the others from the store; then kept.
+
+        Parameters
+        ----------
+        store : WandBStore
+        run_ids : sequence of str
+            Runs to read.
+        keys : sequence of str
+            Metric keys.
+        chunks : callable, default iter
+            Wraps the iterator of chunks read from the store (a progress bar).
+
+        Returns
+        -------
+        HistoryRead
+        """
+        path = self.history_path(store, keys)
+        dtype = pd.CategoricalDtype(pd.Index(list(run_ids), dtype=object).unique())
+        snapshot = store.history_snapshot()  # before the read: rows added meanwhile only make the next read larger
+        cached = _read_history(path, snapshot, dtype)
+        frames, coercions = [], Counter()
+        to_read = dtype.categories
+        if cached is not None:
+            frames.append(cached.frame)
+            to_read = to_read.difference(cached.frame["run_id"].unique(), sort=False)
+        if to_read.size or cached is None:
+            for chunk in chunks(store.iter_history(to_read, keys)):
+                coercions.update(chunk.attrs.get(COERCION_FAILURES, {}))
+                frames.append(chunk.assign(run_id=chunk["run_id"].astype(dtype)))
+        if frames:
+            frame = pd.concat(frames, ignore_index=True)
+        else:
+            frame = store.read_history([], keys).astype({"run_id": dtype})
+        frame.attrs = {}
+        read = HistoryRead(frame, coercions, list(to_read))
+        if to_read.size or cached is None:  # nothing new: the file already holds every row used
+            self.folder.mkdir(parents=True, exist_ok=True)
+            table = _history_table(read, snapshot)
+            _replace(path, lambda target: pq.write_table(table, target))
+        return read
+
+
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file renamed into place: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _metadata(table: pa.Table, content: dict) -> pa.Table:
+    metadata = {**(table.schema.metadata or {}), _METADATA_KEY.encode(): json.dumps(content)}
+    return table.replace_schema_metadata(metadata)
+
+
+def _stage_metadata(path: Path) -> tuple[pa.Table, dict]:
+    table = pq.read_table(path)
+    return table, json.loads(table.schema.metadata[_METADATA_KEY.encode()])
+
+
+def _write_evals(evals: PretrainingEvals, path: Path) -> None:
+    """The table as netCDF: its float64 columns as one 2-D variable (one write, not one per column: the full grid has
+    ≈1,900 metric columns), the other columns as 1-D variables, the skips and source as JSON attributes."""
+    table = evals.table
+    floats = [name for name in table.columns if table[name].dtype == np.float64]
+    others = [name for name in table.columns if name not in floats]
+    variables = {f"column_{i}": ("row", table[name].to_numpy()) for i, name in enumerate(others)}
+    variables["floats"] = (("row", "float_column"), table[floats].to_numpy(np.float64))
+    attrs = {
+        _METADATA_KEY: json.dumps(
+            {
+                "others": others,
+                "dtypes": [str(table[name].dtype) for name in others],
+                "floats": floats,
+                "columns": list(table.columns),
+                "skipped": json.loads(evals.skipped.to_json(orient="split", index=False)),
+                "source": evals.source,
+            }
+        )
+    }
+    _replace(path, lambda target: xr.Dataset(variables, attrs=attrs).to_netcdf(target, engine="netcdf4"))
+
+
+def _read_evals(path: Path) -> PretrainingEvals:
+    with xr.open_dataset(path, engine="netcdf4") as stored:
+        content = json.loads(stored.attrs[_METADATA_KEY])
+        others = {
+            name: stored[f"column_{i}"].to_numpy().astype(dtype)
+            for i, (name, dtype) in enumerate(zip(content["others"], content["dtypes"], strict=True))
+        }
+        floats = pd.DataFrame(stored["floats"].to_numpy(), columns=pd.Index(content["floats"], dtype=object))
+    table = pd.concat([pd.DataFrame(others), floats], axis=1)
+    if list(table.columns) != content["columns"]:
+        table = table[content["columns"]]
+    skipped = content["skipped"]
+    skipped_frame = pd.DataFrame(skipped["data"], columns=skipped["columns"]).astype({"row": object})
+    return PretrainingEvals(table=table, skipped=skipped_frame, source=content["source"])
+
+
+def _history_table(read: HistoryRead, snapshot: pd.DataFrame) -> pa.Table:
+    """The history with the snapshot of the runs it holds (runs read partly, mid-write, are re-read next time)."""
+    held = snapshot[snapshot["run_id"].isin(read.frame["run_id"].cat.categories)]
+    table = pa.Table.from_pandas(read.frame, preserve_index=False)
+    content = {
+        "snapshot": {name: held[name].tolist() for name in held.columns},
+        "coercions": dict(read.coercions),
+    }
+    return _metadata(table, content)
+
+
+def _read_history(path: Path, snapshot: pd.DataFrame, dtype: pd.CategoricalDtype) -> HistoryRead | None:
+    """The cached rows of the runs whose snapshot is unchanged and that are still wanted, or None when the cache
+    cannot be used (no file, or non-numeric values were counted, which cannot be attributed to runs)."""
+    if not path.is_file():
+        return None
+    table, content = _stage_metadata(path)
+    if any(content["coercions"].values()):
+        return None
+    then = pd.DataFrame(content["snapshot"])
+    unchanged = then.merge(snapshot, on=["run_id", "rows", "max_id"])["run_id"]
+    frame = table.to_pandas()
+    frame = frame[frame["run_id"].isin(dtype.categories.intersection(unchanged))]
+    frame = frame.assign(run_id=frame["run_id"].astype(dtype))
+    return HistoryRead(frame.reset_index(drop=True), Counter(), [])
