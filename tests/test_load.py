@@ -206,3 +206,11 @@ def test_readme_example_is_the_example_file_and_loads_into_postgresql(pg_url):
     assert runs["config"].iloc[0]["learning_rate"] == 5e-05 and runs["tags"].iloc[0] == ["finetune"]
     assert history["train_loss"].tolist() == [2.31, 1.87, 1.52]
     assert history["total_tokens"].tolist() == [91_000_000, 182_000_000, 273_000_000]
+
+
+def test_a_layout_a_runs_table_is_refused_not_misread(pg_url, real_samples, tmp_path):
+    runs = pd.read_parquet(real_samples / "wandb_runs_sample.parquet")
+    runs = runs.rename(columns={"config": "raw_data"}).drop(columns=["summary"])
+    runs.to_parquet(tmp_path / "wandb_runs.parquet")
+    with WandBStore(pg_url) as store, pytest.raises(SourceError, match="layout-A runs table .* ddxr build --db"):
+        load_export(store, tmp_path / "wandb_runs.parquet", real_samples / "wandb_history_sample.parquet")

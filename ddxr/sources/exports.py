@@ -167,12 +167,20 @@ def load_export(
 def _runs_frame(path: Path, skipped: Counter) -> pd.DataFrame:
     """The runs file as the frame :meth:`WandBStore.store_runs` takes; unusable runs skipped and counted."""
     raw = _read_parquet(path) if path.suffix == ".parquet" else _jsonl_runs(path)
-    if "run_id" not in raw.columns:
-        raise SourceError(f"W&B export {path}: no run_id column; found {list(raw.columns)[:12]}")
+    if "raw_data" in raw.columns and "config" not in raw.columns:
+        # layout A merges the summary over the config (a run's last logged LR over its hyperparameter): only a
+        # layout-A database keeps what ddxr needs to tell them apart
+        raise SourceError(
+            f"W&B export {path} is a layout-A runs table (one merged raw_data column); ddxr load writes layout B "
+            "— point ddxr build --db at the layout-A database itself instead"
+        )
+    missing = [name for name in ("run_id", "created_at") if name not in raw.columns]
+    if missing:
+        raise SourceError(f"W&B export {path}: no {' or '.join(missing)} column; found {list(raw.columns)[:12]}")
     frame = pd.DataFrame(index=raw.index)
     for name in RUN_TEXT_COLUMNS:
         frame[name] = raw[name].astype("str").where(raw[name].notna(), "") if name in raw.columns else ""
-    frame["created_at"] = pd.to_datetime(raw.get("created_at"), utc=True, format="ISO8601", errors="coerce")
+    frame["created_at"] = pd.to_datetime(raw["created_at"], utc=True, format="ISO8601", errors="coerce")
     keep = _count(skipped, frame["run_id"].str.strip() == "", "runs without a run_id")
     keep &= _count(skipped, frame["created_at"].isna(), "runs whose created_at is not an ISO timestamp")
     for name in RUN_JSON_COLUMNS:
