@@ -11,7 +11,17 @@ class DdxrError(Exception):
 
 
 class InvalidArgumentError(DdxrError, ValueError):
-    """An argument has an invalid value or type (a ``ValueError``, as xarray's argument errors are)."""
+    """An argument has an invalid value or type (a ``ValueError``, as xarray's argument errors are).
+
+    Examples
+    --------
+    >>> from ddxr import WandBStore
+    >>> try:
+    ...     WandBStore("sqlite://", chunk_size=0)
+    ... except ValueError as error:
+    ...     print(error)
+    chunk_size must be a positive integer, got 0
+    """
 
 
 class SourceError(DdxrError):
