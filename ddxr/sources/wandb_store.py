@@ -971,12 +971,15 @@ def _copy_types(query: _HistoryQuery) -> dict[str, pa.DataType]:
 
 
 def _parsed_numbers(table: pa.Table) -> pa.Table:
-    """Text columns after ``run_id`` cast to float64 in Arrow where every value is a number or NaN/Infinity text; a
-    column holding anything else (dates, words) stays text for :func:`_history_frame` to read, check and count."""
+    """Text columns after ``run_id`` cast to float64 in Arrow where every value is a finite number or NaN; a column
+    holding anything else stays text for :func:`_history_frame` to read, check and count (dates, words, and
+    infinities, whose spelling tells ``"Infinity"`` from a number beyond float64)."""
     for position in range(1, table.num_columns):
         try:
             numbers = pc.cast(table.column(position), pa.float64())
         except pa.ArrowInvalid:
+            continue
+        if pc.any(pc.is_inf(numbers)).as_py():
             continue
         table = table.set_column(position, table.field(position).with_type(pa.float64()), numbers)
     return table
