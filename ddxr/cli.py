@@ -200,14 +200,21 @@ def _short(value) -> str:
 
 
 def _format_report(report: dict, indent: str = "  ") -> str:
+    """The build report as indented lines; each count is followed by the run ids behind it, one per line."""
     lines = []
     for key, value in report.items():
+        if key.endswith("_run_ids") and key.removesuffix("_run_ids") in report:
+            continue  # listed under its count
         if isinstance(value, dict):
             if value:
                 lines.append(f"{indent}{key}:")
                 lines.append(_format_report(value, indent + "  "))
-        else:
-            lines.append(f"{indent}{key}: {value}")
+            continue
+        lines.append(f"{indent}{key}: {value}")
+        run_ids = report.get(f"{key}_run_ids") or []
+        lines.extend(f"{indent}  - {run_id}" for run_id in run_ids)
+        if isinstance(value, int) and value > len(run_ids) > 0:
+            lines.append(f"{indent}  … and {value - len(run_ids)} more (one row each in the runs table)")
     return "\n".join(line for line in lines if line)
 
 

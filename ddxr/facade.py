@@ -25,7 +25,7 @@ from ddxr.errors import SelectionError
 from ddxr.frames import to_frame
 from ddxr.index import select
 from ddxr.managers.evaluations import EvaluationManager
-from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
+from ddxr.managers.progression import HISTORY_KEYS, REPORT_RUN_IDS, PretrainingSeeds, TrainingProgressionManager
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.progress import progress_bar
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
@@ -248,9 +248,15 @@ class DataDecideNext:
             "runs_by_state": _counts(links["state"]),
             "runs_linked": int((links["link_status"] == "linked").sum()),
             "runs_unlinked": len(unlinked),
+            "runs_unlinked_run_ids": _run_ids(links.loc[unlinked.index, "run_id"]),
             "unlinked_by_reason": _counts(unlinked),
             "runs_with_conflicting_sources": int((links["conflicts"] != "").sum()),
+            "runs_with_conflicting_sources_run_ids": _run_ids(links.loc[links["conflicts"] != "", "run_id"]),
+            "learning_rate_sources": _counts(links["learning_rate_source"]),
+            "runs_learning_rate_unknown": int(links["learning_rate"].isna().sum()),
+            "runs_learning_rate_unknown_run_ids": _run_ids(links.loc[links["learning_rate"].isna(), "run_id"]),
             "evaluations_skipped": len(eval_skips),
+            "evaluations_skipped_run_ids": _run_ids(eval_skips["run_id"]),
             "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
             "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
             "history_values_not_numeric": dict(self._history.coercions),
@@ -258,6 +264,7 @@ class DataDecideNext:
             "history_run_ids_without_a_run": sorted(orphans)[:20],
             "progression": training.report.as_dict(),
             "runs_skipped": len(training.report.skipped_runs),
+            "runs_skipped_run_ids": _run_ids(pd.Series(list(training.report.skipped_runs), dtype=object)),
             "skipped_by_reason": _counts(pd.Series(training.report.skipped_runs, dtype=object)),
         }
 
@@ -341,6 +348,11 @@ class DataDecideNext:
     def get_continuous_curves(self, run_ids: Sequence[str], metrics: Sequence[str] | None = None) -> pd.DataFrame:
         """Long frame of the lineages ending in ``run_ids``: pretraining base, then post-training, one row per point."""
         return to_frame(select(self.dataset(), lineage=list(run_ids)), metrics=metrics)
+
+
+def _run_ids(run_ids: pd.Series) -> list[str]:
+    """The first ``REPORT_RUN_IDS`` distinct run ids, sorted: what the build report lists after a count."""
+    return sorted(pd.unique(run_ids.astype(str)))[:REPORT_RUN_IDS]
 
 
 def _counts(values: pd.Series | None) -> dict[str, int]:

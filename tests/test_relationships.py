@@ -94,7 +94,10 @@ def pretraining_table(rows: list[tuple[str, str, int, int, float]]) -> pd.DataFr
 
 # ---------------------------------------------------------------------------------------------------- real samples
 def real_runs(real_samples: Path, layout: str = "B", keep_metadata: bool = True) -> pd.DataFrame:
-    """The real runs as WandBStore.read_runs() gives them; layout A merges the summary over the config."""
+    """The real runs as WandBStore.read_runs() gives them; layout A merges the summary over the config.
+
+    Without ``keep_metadata``, layout A keeps what the older downloader kept: no launch metadata, no W&B attributes.
+    """
     raw = pd.read_parquet(real_samples / "wandb_runs_sample.parquet")
     runs = raw[["run_id", "run_name", "state", "project", "entity"]].copy()
     runs["created_at"] = pd.to_datetime(raw["created_at"], utc=True)
@@ -106,8 +109,8 @@ def real_runs(real_samples: Path, layout: str = "B", keep_metadata: bool = True)
     if layout == "A":
         merged = [{**config, **summary} for config, summary in zip(runs["config"], runs["summary"], strict=True)]
         runs["config"] = runs["summary"] = merged
-        if not keep_metadata:  # the older downloader keeps no launch metadata
-            runs["wandb_metadata"] = [{} for _ in range(len(runs))]
+        if not keep_metadata:
+            runs["wandb_metadata"] = runs["system_attrs"] = [{} for _ in range(len(runs))]
     return runs
 
 
@@ -119,12 +122,12 @@ def real(real_samples: Path) -> RunRelationshipManager:
 
 EXPECTED_REAL = pd.DataFrame(
     [
-        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 1e-4, "config"),
-        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 5e-07, "config"),
-        ("dpo", "4M", "Dolma1.7", 0, 5725, 2e-07, "config"),
-        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 5e-05, "config"),
+        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 1e-4, "system_attrs"),
+        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 5e-07, "system_attrs"),
+        ("dpo", "4M", "Dolma1.7", 0, 5725, 2e-07, "system_attrs"),
+        ("supervised_ft", "4M", "Dolma1.7", 0, 5725, 5e-05, "system_attrs"),
         ("supervised_ft", "150M", "DCLM-Baseline", 0, 38157, 5e-05, "args"),
-        ("supervised_ft", "530M", "Dolma1.7", 2, 6250, 5e-06, "config"),
+        ("supervised_ft", "530M", "Dolma1.7", 2, 6250, 5e-06, "system_attrs"),
     ],
     columns=["run_type", "params", "data", "seed", "base_step", "learning_rate", "learning_rate_source"],
 )
@@ -209,24 +212,62 @@ def test_final_steps_ignore_perplexity_only_rows(real: RunRelationshipManager) -
 
 
 @pytest.mark.parametrize("keep_metadata", [True, False])
-def test_layout_a_puts_the_name_first_and_never_uses_the_logged_rate(real_samples: Path, keep_metadata: bool) -> None:
+def test_layout_a_never_uses_the_logged_rate(real_samples: Path, keep_metadata: bool) -> None:
     links = RunRelationshipManager(real_runs(real_samples, "A", keep_metadata)).links
+    layout_b = RunRelationshipManager(real_runs(real_samples, "B")).links
     assert (links["link_status"] == "linked").all()
-    assert links.loc[[NO_HISTORY, DPO, FULL_MIX, MISSING_KEYS], "learning_rate_source"].eq("name").all()
-    assert links.loc[[NO_HISTORY, DPO, FULL_MIX, MISSING_KEYS], "learning_rate"].tolist() == [
-        5e-07,
-        2e-07,
-        5e-05,
-        5e-05,
+    assert not set(links["learning_rate"].dropna()) & {3.5374e-06, 0.0, 3.5e-09, 4.428e-07}  # summary values
+    if keep_metadata:  # W&B's config copy and the launch args survive: every peak as in layout B, same sources
+        pd.testing.assert_frame_equal(
+            links[["learning_rate", "learning_rate_source"]], layout_b[["learning_rate", "learning_rate_source"]]
+        )
+        return
+    named = [NO_HISTORY, DPO, FULL_MIX, MISSING_KEYS]
+    assert links.loc[named, "learning_rate_source"].eq("name").all()
+    assert links.loc[named, "learning_rate"].tolist() == [5e-07, 2e-07, 5e-05, 5e-05]  # the DPO's own, not lr=
+    # the merged raw_data holds only the last logged rate: report it unknown rather than guess
+    assert links.loc[[LEGACY, MATCHED], "learning_rate"].isna().all()
+    assert (links.loc[[LEGACY, MATCHED], "learning_rate_source"] == "missing").all()
+    assert links.loc[LEGACY, "link_reason"] == "learning_rate not found in run attributes, config, args or name"
+
+
+def test_learning_rate_precedence() -> None:
+    """W&B's config copy → layout-B config → last --learning_rate → name → an untrained layout-A raw_data value."""
+    name = "250901-155734_test_finetune_DD-c4-150M_Ft_learning_rate=5e-05"
+    unnamed = "250912-172812_match_150M_c4_finetune_100Mtx1_DD-d17-530M-6250-2"
+    rows = [
+        # (layout, name, system_attrs, config, args) -> (rate, source)
+        ("B", name, {"config": '{"learning_rate": {"value": 1e-06}}'}, {"learning_rate": 2e-06}, [], 1e-06),
+        ("B", name, {}, {"learning_rate": 2e-06}, ["--learning_rate", "3e-06"], 2e-06),
+        (
+            "A",
+            name,
+            {},
+            {"learning_rate": 0.0, "_step": 100},
+            ["--learning_rate=3e-06", "--learning_rate", "4e-06"],
+            4e-06,
+        ),
+        ("A", name, {}, {"learning_rate": 0.0, "_step": 100}, [], 5e-05),
+        ("A", unnamed, {}, {"learning_rate": 7e-06}, [], 7e-06),
+        ("A", unnamed, {}, {"learning_rate": 0.0, "_step": 100}, [], np.nan),
     ]
-    assert not set(links["learning_rate"].dropna()) & {3.5374e-06, 0.0, 3.5e-09, 4.428e-07}
-    if keep_metadata:
-        assert links.loc[[LEGACY, MATCHED], "learning_rate"].tolist() == [1e-4, 5e-06]
-        assert (links.loc[[LEGACY, MATCHED], "learning_rate_source"] == "args").all()
-    else:  # the merged raw_data holds only the last logged rate: report it unknown rather than guess
-        assert links.loc[[LEGACY, MATCHED], "learning_rate"].isna().all()
-        assert (links.loc[[LEGACY, MATCHED], "learning_rate_source"] == "missing").all()
-        assert links.loc[LEGACY, "link_reason"] == "learning_rate not found in config, args or name"
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(len(rows))],
+            "run_name": [row[1] for row in rows],
+            "state": "finished",
+            "created_at": pd.Timestamp("2025-09-01", tz="UTC"),
+            "layout": [row[0] for row in rows],
+            "system_attrs": [row[2] for row in rows],
+            "config": [row[3] for row in rows],
+            "wandb_metadata": [{"args": row[4]} for row in rows],
+            "tags": [[] for _ in rows],
+        }
+    )
+    links = RunRelationshipManager(runs).links
+    np.testing.assert_array_equal(links["learning_rate"], [row[5] for row in rows])
+    expected = ["system_attrs", "config", "args", "name", "raw_data", "missing"]
+    assert links["learning_rate_source"].tolist() == expected
 
 
 def test_synthetic_store_links_match_its_ground_truth() -> None:

@@ -59,6 +59,10 @@ def _size_column(params: pd.Series, column: str) -> np.ndarray:
     return params.map(SIZES[column].astype("float64")).to_numpy(np.float64)
 
 
+#: How many run ids the build report lists after each count (the runs table has them all, one row per run).
+REPORT_RUN_IDS = 20
+
+
 @dataclass
 class ProgressionReport:
     """Counts of what the progression repaired, estimated or skipped, with reasons."""
@@ -74,10 +78,21 @@ class ProgressionReport:
     base_checkpoints_missing: int = 0
     lineages_learning_rate_unknown: int = 0
     skipped_runs: dict[str, str] = field(default_factory=dict)
+    #: ``{count field: run ids}`` behind each count (lineage ids for the lineage counts), sorted.
+    run_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def name(self, count: str, ids: pd.Index | pd.Series | np.ndarray) -> None:
+        """Record the runs behind ``count`` (a field name): the field becomes their number."""
+        names = sorted(str(run_id) for run_id in ids)
+        setattr(self, count, len(names))
+        self.run_ids[count] = names
 
     def as_dict(self) -> dict:
-        """The report as plain JSON-able data."""
-        return {
+        """The report as plain JSON-able data; every count of runs is followed by ``<count>_run_ids``.
+
+        ``<count>_run_ids`` lists the first :data:`REPORT_RUN_IDS` ids, sorted; the count is the total.
+        """
+        counts = {
             "duplicate_history_rows": self.duplicate_history_rows,
             "runs_with_duplicate_steps": self.runs_with_duplicate_steps,
             "runs_tokens_repaired": self.runs_tokens_repaired,
@@ -90,6 +105,12 @@ class ProgressionReport:
             "lineages_learning_rate_unknown": self.lineages_learning_rate_unknown,
             "skipped_runs": dict(sorted(self.skipped_runs.items())),
         }
+        report = {}
+        for key, value in counts.items():
+            report[key] = value
+            if key in self.run_ids:
+                report[f"{key}_run_ids"] = self.run_ids[key][:REPORT_RUN_IDS]
+        return report
 
 
 def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -187,7 +208,7 @@ class TrainingProgressionManager:
         duplicated = history.duplicated(["run_id", "step"], keep="last")
         facts["duplicate_steps"] = duplicated.groupby(history["run_id"]).sum().reindex(facts.index, fill_value=0)
         self.report.duplicate_history_rows = int(duplicated.sum())
-        self.report.runs_with_duplicate_steps = int((facts["duplicate_steps"] > 0).sum())
+        self.report.name("runs_with_duplicate_steps", facts.index[facts["duplicate_steps"] > 0])
         history = history[~duplicated].reset_index(drop=True)
 
         history = self._drop_rows_without_counter(history, facts)
@@ -203,7 +224,7 @@ class TrainingProgressionManager:
         facts["tokens_estimated"] |= facts.index.isin(single_points["run_id"])
         facts["last_step"] = history.groupby("run_id")["step"].max().reindex(facts.index)
         facts["final_run_tokens"] = history.groupby("run_id")["run_tokens"].max().reindex(facts.index)
-        self.report.runs_tokens_estimated = int(facts["tokens_estimated"].sum())
+        self.report.name("runs_tokens_estimated", facts.index[facts["tokens_estimated"]])
         return history, facts
 
     def _drop_rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +252,7 @@ class TrainingProgressionManager:
     def _repaired_tokens(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.Series:
         repaired, restarted = repair_token_restarts(history["total_tokens"], history["run_id"])
         facts["tokens_repaired"] = restarted.reindex(facts.index, fill_value=False)
-        self.report.runs_tokens_repaired = int(facts["tokens_repaired"].sum())
+        self.report.name("runs_tokens_repaired", facts.index[facts["tokens_repaired"]])
         return repaired
 
     def _drop_summed_losses(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
@@ -239,7 +260,7 @@ class TrainingProgressionManager:
         median_loss = history.groupby("run_id")["train_loss"].median()
         summed = median_loss[median_loss > SUMMED_LOSS_THRESHOLD].index
         facts["loss_summed"] = facts.index.isin(summed)
-        self.report.runs_loss_summed = int(facts["loss_summed"].sum())
+        self.report.name("runs_loss_summed", facts.index[facts["loss_summed"]])
         return history.assign(train_loss=history["train_loss"].where(~history["run_id"].isin(summed)))
 
     def _estimate_missing_tokens(self, history: pd.DataFrame, run_type: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
@@ -272,7 +293,7 @@ class TrainingProgressionManager:
         """One estimated end-of-run point for evaluated runs that logged no history (§8.11)."""
         links = self._links
         silent = facts.index[facts["n_history_rows"] == 0]
-        self.report.runs_without_history = len(silent)
+        self.report.name("runs_without_history", silent)
         candidates = links.loc[silent]
         sequences = pd.to_numeric(candidates["max_train_samples"], errors="coerce")
         step = np.ceil(sequences / self._effective_batch().reindex(silent))
@@ -392,7 +413,7 @@ class TrainingProgressionManager:
         leaves = leaves[leaves["lineage"] == leaves["run_id"]]
         bases = self._links.loc[leaves["lineage"], ["params", "data", "seed", "base_step", "learning_rate"]]
         unknown = bases["learning_rate"].isna()
-        self.report.lineages_learning_rate_unknown = int(unknown.sum())
+        self.report.name("lineages_learning_rate_unknown", bases.index[unknown])
         bases = bases.assign(learning_rate=bases["learning_rate"].where(~unknown, UNKNOWN_LEARNING_RATE))
         return bases.rename_axis("lineage").reset_index(), chains[chains["lineage"].isin(leaves["lineage"])]
 
@@ -421,7 +442,7 @@ class TrainingProgressionManager:
             prefix = bases.merge(table, on=["params", "data", "seed"])
         prefix = prefix[prefix["step"] <= prefix["base_step"]]
         found = prefix.loc[prefix["step"] == prefix["base_step"], "lineage"]
-        self.report.base_checkpoints_missing = int((~bases["lineage"].isin(found)).sum())
+        self.report.name("base_checkpoints_missing", bases.loc[~bases["lineage"].isin(found), "lineage"])
         seeds = prefix["seed"] if self.pretraining_seeds == "base" else "mean"
         run_id = pretraining_lineage_id(prefix["params"], prefix["data"], seeds)
         return self._pretraining_points(

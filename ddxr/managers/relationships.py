@@ -14,9 +14,12 @@
   export) cannot hold the final checkpoint, so the vocabulary's step is used. Any difference is a conflict.
 - **Parent.** The run whose ``run_name`` is the last component of an output-folder model path (DPO → SFT). A run
   with a parent in the store inherits the base of its chain's root; otherwise its own name gives the base.
-- **Hyperparameters** (§6.7): config (layout B) → ``wandb_metadata.args`` → name; in layout A the name comes first
-  and the merged ``raw_data`` learning rate is used only when the run logged no summary over it (no ``_step``).
-  Launch metadata written by another program (an update script) is ignored.
+- **Hyperparameters** (§6.7): config (layout B) → ``wandb_metadata.args`` → name. The peak ``learning_rate`` comes
+  first from the config copy W&B keeps in the run attributes (``system_attrs.config``, where present), then the
+  layout-B config, the launch arguments (last ``--learning_rate`` wins), the name (``--learning_rate=5e-07``,
+  ``lr=5e-05``), and only then a layout-A merged ``raw_data`` value, and that only when the run logged no summary
+  over it (no ``_step``); ``learning_rate_source`` records which. Launch metadata written by another program (an
+  update script) is ignored.
 
 A run that cannot be linked stays in :attr:`RunRelationshipManager.links` with ``link_status`` ``"unlinked"``, the
 reason, and no base (``params, data, seed, base_step`` missing); crashed and running runs are linked like finished
@@ -24,6 +27,8 @@ ones (their ``state`` is a column).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -312,8 +317,9 @@ def _own_links(frame: pd.DataFrame, final_steps: pd.DataFrame) -> pd.DataFrame:
     own["tags"] = _joined_tags(frame["tags"], config["wandb_tags"])
     own["run_type"] = np.where(_is_dpo(frame, metadata, names), "dpo", "supervised_ft")
 
+    attributes_rate = _attributes_config(frame["system_attrs"], "learning_rate") if "system_attrs" in frame else None
     conflicts = _hyperparameters(
-        own, frame["layout"].eq("A"), config, args, names, metadata["gpu_count"].where(trusted)
+        own, frame["layout"].eq("A"), config, args, names, metadata["gpu_count"].where(trusted), attributes_rate
     )
     model = parse_model_paths(own["model_name_or_path"])
     own["model_path_kind"] = model["kind"]
@@ -322,7 +328,10 @@ def _own_links(frame: pd.DataFrame, final_steps: pd.DataFrame) -> pd.DataFrame:
     parent_notes, parent_conflicts = _parent(own, frame, model, names)
     own["_fatal"] = fatal
     own["_notes"] = _join(
-        [parent_notes, _note(own["learning_rate"].isna(), "learning_rate not found in config, args or name")]
+        [
+            parent_notes,
+            _note(own["learning_rate"].isna(), "learning_rate not found in run attributes, config, args or name"),
+        ]
     )
     own["conflicts"] = _join([base_conflicts, conflicts, parent_conflicts])
     return own
@@ -366,15 +375,18 @@ def _hyperparameters(
     args: pd.DataFrame,
     names: pd.DataFrame,
     gpu_count: pd.Series,
+    attributes_rate: pd.Series | None = None,
 ) -> pd.Series:
     """Fill the hyperparameter columns of ``own`` by source precedence; return the notes on disagreeing sources."""
-    # in layout A a trained run's summary (it has `_step`) overwrote the configured rate with the last logged one
-    configured_rate = config["learning_rate"].where(config["_step"].isna())
-    rates = {"config": configured_rate, "args": args["learning_rate"], "name": names["learning_rate"]}
-    rate, source, rate_notes = _resolve("learning_rate", rates)
-    name_rate, name_source, _ = _resolve("learning_rate", {key: rates[key] for key in ("name", "args", "config")})
-    own["learning_rate"] = name_rate.where(layout_a, rate)
-    own["learning_rate_source"] = name_source.where(layout_a, source)
+    rates = {
+        "system_attrs": attributes_rate if attributes_rate is not None else pd.Series(None, index=own.index),
+        "config": config["learning_rate"].where(~layout_a),
+        "args": args["learning_rate"],
+        "name": names["learning_rate"],
+        # layout A: a trained run's summary (it has `_step`) overwrote the configured rate with the last logged one
+        "raw_data": config["learning_rate"].where(layout_a & config["_step"].isna()),
+    }
+    own["learning_rate"], own["learning_rate_source"], rate_notes = _resolve("learning_rate", rates)
 
     notes = [rate_notes]
     from_name = {
@@ -397,6 +409,25 @@ def _hyperparameters(
     batch = own["per_device_train_batch_size"] * own["gradient_accumulation_steps"] * own["gpu_count"]
     own["effective_batch"] = batch.astype("float64")
     return _join(notes)
+
+
+def _attributes_config(system_attrs: pd.Series, key: str) -> pd.Series:
+    """``key`` of the config copy in W&B's run attributes (``system_attrs.config``), missing where absent.
+
+    The copy is a dict or its JSON text; W&B's raw form wraps each value as ``{"value": …, "desc": …}``.
+    """
+
+    def value(attrs: object) -> object:
+        copy = attrs.get("config") if isinstance(attrs, dict) else None
+        if isinstance(copy, str):
+            try:
+                copy = json.loads(copy)
+            except json.JSONDecodeError:
+                return None
+        entry = copy.get(key) if isinstance(copy, dict) else None
+        return entry.get("value") if isinstance(entry, dict) else entry
+
+    return system_attrs.map(value).astype(object)
 
 
 def _resolve(

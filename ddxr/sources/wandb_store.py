@@ -54,6 +54,8 @@ RUN_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_metrics", "sy
 READ_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_attrs")
 HISTORY_COLUMNS = ("run_id", "step", "timestamp", "runtime")
 _LAYOUT_A_MERGED = ("config", "summary")  # both read layout A's raw_data
+# W&B attributes and launch metadata that some layout-A stores keep in columns next to raw_data: read when present
+_LAYOUT_A_KEPT = ("wandb_metadata", "system_attrs")
 _NAN_TEXT = r"\s*[+-]?nan\s*"
 _INF_TEXT = re.compile(
     r"\s*[+-]?inf(inity)?\s*", re.IGNORECASE
@@ -294,8 +296,9 @@ class WandBStore:
             ``system_attrs["tags"]`` in layout B, else the config's ``wandb_tags`` split on ``,`` — layout A's
             ``raw_data.wandb_tags``) and ``history_line_count`` (Int64, W&B's ``historyLineCount``; NA when
             unknown, always in layout A). In layout A, ``config`` and ``summary`` are copies of the one merged
-            ``raw_data`` dict (summary values written over config values), and ``wandb_metadata`` and
-            ``system_attrs`` are empty: use ``layout`` to know.
+            ``raw_data`` dict (summary values written over config values, so a trained run's ``learning_rate``
+            is its last logged value), and ``wandb_metadata`` and ``system_attrs`` are read from columns of those
+            names when the layout-A table has them, else empty: use ``layout`` to know.
 
         Raises
         ------
@@ -306,7 +309,7 @@ class WandBStore:
         schema = self._schema()
         runs = schema.runs
         self._require_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"))
-        stored_json = ("raw_data",) if schema.layout == "A" else READ_JSON_COLUMNS
+        stored_json = ("raw_data", *_LAYOUT_A_KEPT) if schema.layout == "A" else READ_JSON_COLUMNS
         stored_json = tuple(name for name in stored_json if name in runs.c)
         # JSON as text, cast in SQL and parsed here: the same code for PostgreSQL's JSONB and SQLite's JSON or TEXT
         # columns, and the driver never decodes JSON itself (a deeply nested cell must name its run, not crash it)
@@ -324,8 +327,9 @@ class WandBStore:
         Parameters
         ----------
         column : {"config", "summary", "wandb_metadata", "system_attrs"}
-            In layout A, ``"config"`` and ``"summary"`` both read ``raw_data``, and the other two have no
-            entries.
+            In layout A, ``"config"`` and ``"summary"`` both read ``raw_data`` (where the OLMES evaluations
+            ``oe_eval_metrics/<task>`` live), and the other two read their columns when the table has them, else
+            have no entries.
         key_prefix : str
             Literal prefix, case-sensitive (``_``, ``%`` and ``/`` carry no pattern meaning), e.g.
             ``"oe_eval_metrics/"``.
@@ -867,7 +871,8 @@ def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
     frame["layout"] = layout
     if layout == "A":
         merged = _dicts(raw["raw_data"], run_ids, "raw_data")
-        dicts = {"config": merged, "summary": merged.map(dict), "wandb_metadata": None, "system_attrs": None}
+        dicts = {"config": merged, "summary": merged.map(dict)}
+        dicts |= {name: _dicts(raw[name], run_ids, name) if name in raw else None for name in _LAYOUT_A_KEPT}
     else:
         dicts = {name: _dicts(raw[name], run_ids, name) if name in raw else None for name in READ_JSON_COLUMNS}
     for name, values in dicts.items():

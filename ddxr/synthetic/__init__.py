@@ -16,6 +16,7 @@ import pandas as pd
 
 from ddxr.errors import DdxrError
 from ddxr.sources.wandb_store import WandBStore
+from ddxr.synthetic.layout_a import write_layout_a
 from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR, MESS_KINDS, generate_posttraining
 from ddxr.synthetic.pretraining import write_datadecide
 
@@ -27,6 +28,7 @@ __all__ = [
     "SyntheticTruth",
     "generate",
     "generate_posttraining",
+    "write_layout_a",
 ]
 
 #: Sizes of the demo sample: small to 1B, enough to compare recipe rankings across scale.
@@ -67,6 +69,8 @@ def generate(
     random_seed: int = 0,
     messy: bool = True,
     datadecide_layouts: Sequence[str] = ("raw",),
+    store_layout: str = "B",
+    layout_a_attributes: bool = False,
 ) -> SyntheticTruth:
     """Write synthetic DataDecide files and a W&B store of post-training runs; return the ground truth.
 
@@ -87,6 +91,12 @@ def generate(
         Include one run per data-quality trap (:data:`MESS_KINDS`).
     datadecide_layouts : sequence of {"raw", "full_eval"}
         DataDecide files to write: the raw HF exports and/or datadec's ``full_eval.parquet``.
+    store_layout : {"B", "A"}, default "B"
+        W&B table layout: ``"B"`` (separate JSON columns, what ``WandBStore`` writes) or ``"A"``, the older
+        downloader's merged ``raw_data`` (:func:`~ddxr.synthetic.layout_a.write_layout_a`). The same arguments
+        write the same runs in either layout.
+    layout_a_attributes : bool, default False
+        Layout A only: also keep the runs' launch metadata and W&B attributes in columns next to ``raw_data``.
 
     Returns
     -------
@@ -108,22 +118,25 @@ def generate(
     >>> truth.runs["run_type"].value_counts().to_dict()
     {'supervised_ft': 17, 'dpo': 3}
     """
+    if store_layout not in ("A", "B"):
+        raise DdxrError(f"store_layout must be 'A' or 'B', got {store_layout!r}")
     folder = Path(out_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     url = store_url or f"sqlite:///{folder / 'wandb.db'}"
-    store = WandBStore(url)
-    try:
-        _require_empty(store)
-        runs, history, truth = generate_posttraining(
-            n_runs, params=params, data=data, random_seed=random_seed, messy=messy
-        )
-        pretraining_dir = write_datadecide(
-            folder, params=params, data=data, random_seed=random_seed, layouts=datadecide_layouts
-        )
-        store.store_runs(runs)
-        store.store_history(history)
-    finally:
-        store.close()
+    runs, history, truth = generate_posttraining(n_runs, params=params, data=data, random_seed=random_seed, messy=messy)
+    if store_layout == "A":
+        write_layout_a(url, runs, history, keep_attributes=layout_a_attributes)
+    else:
+        store = WandBStore(url)
+        try:
+            _require_empty(store)
+            store.store_runs(runs)
+            store.store_history(history)
+        finally:
+            store.close()
+    pretraining_dir = write_datadecide(
+        folder, params=params, data=data, random_seed=random_seed, layouts=datadecide_layouts
+    )
     return SyntheticTruth(pretraining_dir, url, truth)
 
 

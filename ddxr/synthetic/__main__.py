@@ -23,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     params, data = (PARAMS, DATA) if args.full else (DEMO_PARAMS, DEMO_DATA)
     n_runs = args.runs if args.runs is not None else (FULL_RUNS if args.full else 60)
-    options = {"params": params, "data": data, "n_runs": n_runs, "random_seed": args.seed}
+    options = {"params": params, "data": data, "n_runs": n_runs, "random_seed": args.seed, "store_layout": args.layout}
+    options["layout_a_attributes"] = args.layout_a_attributes
     try:
         truth = generate(args.out_dir, store_url=args.db, **options)
         print(summary(truth, params, data))
@@ -42,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="URL", help="empty W&B store URL (default: sqlite:///OUT_DIR/wandb.db)")
     parser.add_argument("--runs", metavar="N", type=int, help=f"post-training runs (60; {FULL_RUNS} with --full)")
     parser.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--layout",
+        choices=("B", "A"),
+        default="B",
+        help="W&B table layout: B (separate JSON columns, default) or A (the older downloader's merged raw_data)",
+    )
+    parser.add_argument(
+        "--layout-a-attributes",
+        action="store_true",
+        help="with --layout A: keep the launch metadata and W&B run attributes in columns next to raw_data",
+    )
     parser.add_argument(
         "--full", action="store_true", help="all 14 sizes and 25 recipes instead of the demo sample (slow)"
     )

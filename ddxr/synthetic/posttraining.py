@@ -1430,7 +1430,8 @@ def _system_attrs(
         "displayName": row.run_name,
         "sweepName": None,
         "state": row.state,
-        "config": {k: config[k] for k in ("exp_name", "run_name") if k in config},
+        # W&B's own copy of the config, taken before any summary: the configured peak learning rate survives here
+        "config": {k: config[k] for k in ("exp_name", "run_name", "learning_rate", "num_train_epochs") if k in config},
         "group": None,
         "jobType": None,
         "commit": row.commit,
