@@ -284,9 +284,9 @@ class TrainingProgressionManager:
     def _effective_batch(self) -> pd.Series:
         """Sequences per optimizer step; an unknown GPU count takes the store's most common one (§8.11, §8.16)."""
         links = self._links
-        per_step = links["per_device_train_batch_size"] * links["gradient_accumulation_steps"]
+        per_step = (links["per_device_train_batch_size"] * links["gradient_accumulation_steps"]).astype("float64")
         typical_gpus = links["gpu_count"].mode()
-        gpus = links["gpu_count"].fillna(typical_gpus.iloc[0] if len(typical_gpus) else 1.0)
+        gpus = links["gpu_count"].astype("float64").fillna(typical_gpus.iloc[0] if len(typical_gpus) else 1.0)
         return links["effective_batch"].fillna(per_step * gpus)
 
     def _points_without_history(self, facts: pd.DataFrame, evaluated_runs: set[str]) -> pd.DataFrame:
