@@ -26,7 +26,8 @@ _COORD_ATTRS = {
     "data": {"long_name": "DataDecide data recipe"},
     "learning_rate": {
         "long_name": "peak learning rate of the lineage's leaf post-training run",
-        "description": "config hyperparameter, constant along the lineage; 0.0 for pretraining-only lineages",
+        "description": "configured peak (W&B's config copy, config, launch arguments or run name; see the runs "
+        "table's learning_rate_source), constant along the lineage; 0.0 for pretraining-only lineages",
     },
     "cumulative_tokens": {
         "long_name": "tokens seen since pretraining began",
