@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddxr.errors import DdxrError
+from ddxr.errors import DdxrError, InvalidArgumentError
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.synthetic.layout_a import write_layout_a
 from ddxr.synthetic.posttraining import DPO_TOKENS_PER_PAIR, MESS_KINDS, generate_posttraining
@@ -119,7 +119,7 @@ def generate(
     {'supervised_ft': 17, 'dpo': 3}
     """
     if store_layout not in ("A", "B"):
-        raise DdxrError(f"store_layout must be 'A' or 'B', got {store_layout!r}")
+        raise InvalidArgumentError(f"store_layout must be 'A' or 'B', got {store_layout!r}")
     folder = Path(out_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     url = store_url or f"sqlite:///{folder / 'wandb.db'}"
