@@ -26,9 +26,16 @@ from ddxr.errors import (
 if TYPE_CHECKING:
     from ddxr.facade import DataDecideNext
     from ddxr.sources.wandb_store import WandBStore
+    from ddxr.zarr_store import open_zarr, open_zarr_runs, to_zarr
 
 #: The build layer's public names and their modules, imported when first used (PEP 562).
-_LAZY = {"DataDecideNext": "ddxr.facade", "WandBStore": "ddxr.sources.wandb_store"}
+_LAZY = {
+    "DataDecideNext": "ddxr.facade",
+    "WandBStore": "ddxr.sources.wandb_store",
+    "open_zarr": "ddxr.zarr_store",
+    "open_zarr_runs": "ddxr.zarr_store",
+    "to_zarr": "ddxr.zarr_store",
+}
 
 __all__ = [
     "BuildError",
@@ -43,6 +50,9 @@ __all__ = [
     "__version__",
     "open_dataset",
     "open_runs",
+    "open_zarr",
+    "open_zarr_runs",
+    "to_zarr",
 ]
 
 

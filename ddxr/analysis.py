@@ -3,7 +3,10 @@
 Every function takes a Dataset of the contract (docs/dataset.md §2), in memory or opened lazily, and reads its
 coordinates by name, never through label selection on index levels. Points are sorted once along their lineages
 (lineage, cumulative tokens, run type, step); every lineage is then handled by the same whole-array numpy
-operations, and metrics are read in batches that bound memory on builds with ≈1,900 metrics.
+operations, and metrics are read in batches that bound memory on builds with ≈1,900 metrics. On a file opened with
+``chunks=`` (dask), each batch is computed from its chunks when the analysis reaches it and nothing is loaded into the
+Dataset, so memory holds the point coordinates and one batch of metrics, never every metric; the results equal those
+without chunks.
 
 Conventions shared by all functions:
 

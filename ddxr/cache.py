@@ -82,10 +82,7 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     always the writer's :data:`SCHEMA_VERSION`. Numeric variables are compressed with zlib (level 4) and shuffle.
     """
     path = Path(path)
-    curves = _checked_curves(curves)
-    _check_strings(runs, RUNS_GROUP)
-    encoded_curves = _encode_booleans(_encode_curves(_stamped(curves)))
-    encoded_runs = _encode_booleans(_encode_attrs_of(_encode_indexes(_stamped(runs.drop_encoding()))))
+    encoded_curves, encoded_runs = encode(curves, runs)
 
     def write(target: Path) -> None:
         encoded_curves.to_netcdf(target, mode="w", engine=ENGINE, encoding=_encodings(encoded_curves))
@@ -117,15 +114,7 @@ def open_dataset(path: str | Path, chunks: Mapping[str, int] | int | str | None 
         If the file is missing, truncated, corrupt, not a ddxr cache, or written by a newer schema.
     """
     path = Path(path)
-    raw = _open(path, group=None, chunks=chunks)
-    try:
-        curves = _decode_curves(raw, path)
-    except BaseException as error:
-        raw.close()
-        if isinstance(error, _READ_ERRORS | BuildError):  # a corrupt file can fail only once its codes are read
-            raise _unreadable(path, error) from error
-        raise
-    return _closing(curves, raw)
+    return decode_curves(_open(path, group=None, chunks=chunks), path)
 
 
 def open_runs(path: str | Path) -> xr.Dataset:
@@ -147,13 +136,69 @@ def open_runs(path: str | Path) -> xr.Dataset:
         If the file is missing, truncated, corrupt, lacks the runs group, or was written by a newer schema.
     """
     path = Path(path)
-    raw = _open(path, group=RUNS_GROUP, chunks=None)
+    return decode_runs(_open(path, group=RUNS_GROUP, chunks=None), path)
+
+
+def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """The curves and the runs table as ddxr stores them, whatever the storage (netCDF here, zarr in ddxr.zarr_store).
+
+    Parameters
+    ----------
+    curves, runs : xarray.Dataset
+        As for :func:`write_dataset`.
+
+    Returns
+    -------
+    tuple of xarray.Dataset
+        ``(curves, runs)`` checked, stamped with provenance and encoded; write them with any xarray writer.
+
+    Raises
+    ------
+    BuildError
+        As :func:`write_dataset`.
+    """
+    curves = _checked_curves(curves)
+    _check_strings(runs, RUNS_GROUP)
+    encoded_curves = _encode_booleans(_encode_curves(_stamped(curves)))
+    encoded_runs = _encode_booleans(_encode_attrs_of(_encode_indexes(_stamped(runs.drop_encoding()))))
+    return encoded_curves, encoded_runs
+
+
+def decode_curves(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
+    """The curves from what xarray read of a stored root group (:func:`encode`'s first result), on any storage.
+
+    Parameters
+    ----------
+    raw : xarray.Dataset
+        Opened without default indexes (``create_default_indexes=False``); closed when the result is closed.
+    where : str or pathlib.Path
+        The file or store, named in errors.
+
+    Raises
+    ------
+    CacheError
+        If ``raw`` is not a ddxr curves group, is of a newer schema, or its codes are unreadable.
+    """
+    _check_schema(raw, where)
+    try:
+        curves = _decode_curves(raw, where)
+    except BaseException as error:
+        raw.close()
+        if isinstance(error, _READ_ERRORS | BuildError):  # a corrupt file can fail only once its codes are read
+            raise _unreadable(where, error) from error
+        raise
+    return _closing(curves, raw)
+
+
+def decode_runs(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
+    """The runs table, in memory, from what xarray read of a stored runs group; see :func:`decode_curves`."""
+    _check_schema(raw, where)
     try:
         runs = _decode_indexes(_decode_attrs_of(_decode_booleans(raw.load())))
     except BaseException as error:
         raw.close()
         if isinstance(error, _READ_ERRORS):
-            raise _unreadable(path, error, RUNS_GROUP) from error
+            raise _unreadable(where, error, RUNS_GROUP) from error
         raise
     return _closing(runs, raw)
 
@@ -383,15 +428,20 @@ def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
         ds = xr.open_dataset(store, chunks=chunks, create_default_indexes=group is not None)
     except _READ_ERRORS as error:
         raise _unreadable(path, error, group) from error
+    return ds
+
+
+def _check_schema(ds: xr.Dataset, where: str | Path) -> None:
     version = _schema_version(ds.attrs.get("schema_version"))
     if version is None or version > SCHEMA_VERSION:
         ds.close()
         if version is None:
-            raise CacheError(f"{path}: expected a ddxr cache file with an integer schema_version attribute, found none")
+            raise CacheError(
+                f"{where}: expected a ddxr cache file with an integer schema_version attribute, found none"
+            )
         raise CacheError(
-            f"{path}: written by a newer ddxr (schema {version} > {SCHEMA_VERSION}); upgrade ddxr or rebuild"
+            f"{where}: written by a newer ddxr (schema {version} > {SCHEMA_VERSION}); upgrade ddxr or rebuild"
         )
-    return ds
 
 
 def _schema_version(value: Any) -> int | None:
@@ -408,7 +458,7 @@ def _closing(decoded: xr.Dataset, raw: xr.Dataset) -> xr.Dataset:
     return decoded
 
 
-def _unreadable(path: Path, error: Exception, group: str | None = None) -> CacheError:
+def _unreadable(path: str | Path, error: Exception, group: str | None = None) -> CacheError:
     where = f" (group {group!r})" if group else ""
     return CacheError(
         f"{path}{where}: expected a readable ddxr netCDF cache, found a truncated, corrupt or foreign file "
@@ -416,7 +466,7 @@ def _unreadable(path: Path, error: Exception, group: str | None = None) -> Cache
     )
 
 
-def _decode_curves(raw: xr.Dataset, path: Path) -> xr.Dataset:
+def _decode_curves(raw: xr.Dataset, path: str | Path) -> xr.Dataset:
     if "compress" not in raw.variables.get(POINT_DIM, xr.Variable((), 0)).attrs:
         raise CacheError(f"{path}: expected a ddxr curves file with a compressed {POINT_DIM!r} index, found none")
     return set_ddxr_index(_decode_point_index(_decode_attrs_of(_decode_point_variables(raw))))

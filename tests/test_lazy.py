@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import xarray as xr
 from roundtrip import example_datasets
 
 import ddxr.handles
+from ddxr import analysis
 from ddxr.cache import open_dataset, open_runs, write_dataset
 from ddxr.errors import CacheError
 from ddxr.index import POINT_DIM, point_coordinates
@@ -210,3 +212,54 @@ def test_manager_pickles_to_the_same_file_version(written: Path, example: tuple[
     with open_dataset(written, chunks={}) as opened:
         restored = pickle.loads(pickle.dumps(opened))
         xr.testing.assert_identical(restored.load(), example[0])
+
+
+# --- dask chunks ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(grid_curves(), xr.Dataset(), tmp_path_factory.mktemp("grid") / "grid.nc")
+
+
+@pytest.fixture
+def threads() -> Iterator[None]:
+    dask = pytest.importorskip("dask")
+    with dask.config.set(scheduler="threads", num_workers=2):
+        yield
+
+
+ANALYSES = {
+    "mean_over_seeds": lambda ds: analysis.mean_over_seeds(ds),
+    "std_over_seeds": lambda ds: analysis.std_over_seeds(ds, ["hellaswag", "pile_valppl"]),
+    "at_tokens": lambda ds: analysis.at_tokens(ds, [1e9, 5e9, 2e10, 7e10]),
+    "at_tokens_nearest": lambda ds: analysis.at_tokens(ds, [3e9, 4e10], "train_loss", method="nearest"),
+    "final": lambda ds: analysis.final(ds, "posttraining"),
+}
+
+
+CHUNKS_SPLIT = pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")  # on purpose
+
+
+@CHUNKS_SPLIT
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("name", sorted(ANALYSES))
+def test_analyses_on_dask_chunks_equal_eager_ones(grid_file: Path, name: str) -> None:
+    with open_dataset(grid_file) as eager, open_dataset(grid_file, chunks={POINT_DIM: 500}) as chunked:
+        assert chunked["hellaswag"].chunks is not None and len(chunked["hellaswag"].chunks[0]) > 5
+        expected, result = ANALYSES[name](eager), ANALYSES[name](chunked)
+        assert chunked["hellaswag"].chunks is not None  # the analysis did not load the chunked variables in place
+    xr.testing.assert_identical(result.compute(), expected.compute())
+    assert int(result.notnull().to_array().sum()) > 0  # not vacuously equal
+
+
+@CHUNKS_SPLIT
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("seeds", ["mean", "majority"])
+def test_decision_accuracy_on_dask_chunks_equals_the_eager_one(grid_file: Path, seeds: str) -> None:
+    with open_dataset(grid_file) as eager, open_dataset(grid_file, chunks={POINT_DIM: 500}) as chunked:
+        for metric, small in (("hellaswag", "20M"), ("pile_valppl", "150M")):
+            expected = analysis.decision_accuracy(eager, metric, small, "1B", target_metric="arc_easy", seeds=seeds)
+            result = analysis.decision_accuracy(chunked, metric, small, "1B", target_metric="arc_easy", seeds=seeds)
+            assert result == expected
+            assert result.n_recipes == 6 and 0.0 <= result.value <= 1.0
