@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from ddxr.facade import DataDecideNext
 from ddxr.sources.wandb_store import WandBStore
+from ddxr.synthetic.layout_a import write_layout_a
 
 RUN_1 = "2025_08_18-22_30_05_allenai--DataDecide-dolma1_7-4M_main_default"
 RUN_2 = "2025_08_21-08_24_43_test_finetune_DD-dolma1_7-4M_main_1Mtx1_--learning_rate=5e-07"
@@ -135,3 +137,46 @@ def test_olmes_9_average_runs_through_both_phases(real_build):
     measured = points.dropna(subset=["olmes_9_average"])
     assert measured["pretraining_phase"].any() and (~measured["pretraining_phase"]).any()
     assert float(measured["olmes_9_average"].iloc[-1]) == pytest.approx(0.3679495241, abs=1e-6)
+
+
+def end_of_run_scores(curves) -> pd.DataFrame:
+    """OLMES primary scores and their average at each run's end, one row per run."""
+    frame = curves.reset_index("point").to_dataframe()
+    frame = frame[~frame["pretraining_phase"]].dropna(subset=["olmes_9_average"])
+    return frame.drop_duplicates("run_id").set_index("run_id")[["arc_challenge", "hellaswag", "olmes_9_average"]]
+
+
+def without_provenance(ds: xr.Dataset) -> xr.Dataset:
+    """The Dataset without the attributes saying where and when it was built (they differ between stores)."""
+    kept = {key: value for key, value in ds.attrs.items() if key not in ("sources", "fingerprint", "created")}
+    return ds.drop_attrs(deep=False).assign_attrs(kept)
+
+
+@pytest.mark.parametrize("keep_attributes", [True, False])
+def test_real_runs_in_layout_a_build_like_layout_b(real_build, make_pg_url, tmp_path, real_samples, keep_attributes):
+    """The six real runs written as the older downloader's merged raw_data give layout B's Dataset.
+
+    Without the attribute columns, only the peak LR of the two trained runs whose names carry none is lost.
+    """
+    _, curves_b, runs_b = real_build
+    runs = pd.read_parquet(real_samples / "wandb_runs_sample.parquet")
+    for column in JSON_COLUMNS:
+        runs[column] = runs[column].map(json.loads)
+    url = make_pg_url()
+    history = pd.read_parquet(real_samples / "wandb_history_sample.parquet")
+    write_layout_a(url, runs, history, keep_attributes=keep_attributes)
+    dd = DataDecideNext(real_samples / "pretrain_metrics_sample.parquet", url, cache_dir=tmp_path, progress=False)
+    curves_a, runs_a = dd.build()
+    scores = end_of_run_scores(curves_a).sort_index()
+    assert sorted(scores.index) == sorted([RUN_2, RUN_4, RUN_5, RUN_6])
+    pd.testing.assert_frame_equal(scores, end_of_run_scores(curves_b).sort_index())
+    assert scores.loc[RUN_6, "olmes_9_average"] == pytest.approx(0.4399439627, abs=1e-7)
+    if keep_attributes:
+        for a, b in ((curves_a, curves_b), (runs_a, runs_b)):
+            xr.testing.assert_identical(without_provenance(a), without_provenance(b))
+        return
+    links = dd.relationships.links.set_index("run_id")
+    assert links.loc[[RUN_1, RUN_6], "learning_rate"].isna().all()
+    assert links.loc[[RUN_2, RUN_3, RUN_4, RUN_5], "learning_rate"].tolist() == [5e-07, 2e-07, 5e-05, 5e-05]
+    report = json.loads(curves_a.attrs["build_report"])
+    assert report["runs_learning_rate_unknown_run_ids"] == sorted([RUN_1, RUN_6])

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ddxr.cli import _format_report
 from ddxr.errors import InvalidArgumentError, LinkError
 from ddxr.facade import DataDecideNext
 from ddxr.managers.progression import SUMMED_LOSS_THRESHOLD, TrainingProgressionManager, repair_token_restarts
@@ -143,3 +144,32 @@ def test_mean_prefixes_point_into_the_seed_mean_rows(tmp_path):
     means = dd.training.pretraining.groupby(["params", "data", "step"])["tokens"].mean()
     keys = pd.MultiIndex.from_frame(prefix[["params", "data", "step"]])
     np.testing.assert_allclose(prefix["cumulative_tokens"], means.reindex(keys).to_numpy())
+
+
+def test_report_names_the_runs_behind_every_count(manager):
+    """Each count of the progression report comes with its run ids, the same runs the runs table flags."""
+    _, training = manager
+    report, facts = training.report.as_dict(), training.run_facts
+    flags = {
+        "runs_with_duplicate_steps": facts["duplicate_steps"] > 0,
+        "runs_tokens_repaired": facts["tokens_repaired"],
+        "runs_loss_summed": facts["loss_summed"],
+        "runs_tokens_estimated": facts["tokens_estimated"],
+    }
+    for count, flagged in flags.items():
+        expected = sorted(facts.index[flagged.astype(bool)].astype(str))
+        assert report[count] == len(expected) and report[f"{count}_run_ids"] == expected[:20], count
+    assert report["runs_tokens_repaired"] >= 1 and report["runs_tokens_estimated"] >= 1
+    assert list(report).index("runs_loss_summed_run_ids") == list(report).index("runs_loss_summed") + 1
+
+
+def test_info_prints_run_ids_under_their_count():
+    report = {"runs_unlinked": 3, "runs_unlinked_run_ids": ["a", "b"], "progression": {"runs_loss_summed": 0}}
+    assert _format_report(report).splitlines() == [
+        "  runs_unlinked: 3",
+        "    - a",
+        "    - b",
+        "    … and 1 more (one row each in the runs table)",
+        "  progression:",
+        "    runs_loss_summed: 0",
+    ]
