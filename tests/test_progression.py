@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from ddxr.cli import _format_report
 from ddxr.errors import InvalidArgumentError, LinkError
 from ddxr.facade import DataDecideNext
-from ddxr.managers.progression import SUMMED_LOSS_THRESHOLD, TrainingProgressionManager, repair_token_restarts
+from ddxr.managers.progression import (
+    HISTORY_KEYS,
+    SUMMED_LOSS_THRESHOLD,
+    TrainingProgressionManager,
+    repair_token_restarts,
+)
 from ddxr.schema import pretraining_lineage_id
 from ddxr.synthetic import generate
 from ddxr.synthetic.posttraining import repaired_total_tokens
@@ -82,7 +87,7 @@ def test_compute_is_one_line_through_the_base(built):
         compute=lambda table: 6.0 * table["params"].map(SIZES["params_numeric"]) * table["tokens"]
     )
     links = training.relationships.links
-    history = dd._read_history(links.loc[links["link_status"] == "linked", "run_id"].tolist())
+    history = dd.wandb.read_history(links.loc[links["link_status"] == "linked", "run_id"].tolist(), HISTORY_KEYS)
     points = TrainingProgressionManager(nominal, history, training.relationships).points()
     per_lineage = compute_per_token_of_each_lineage(points)
     expected = 6.0 * per_lineage.index.map(points.groupby("lineage")["params"].first()).map(SIZES["params_numeric"])
