@@ -103,7 +103,17 @@ def point_coords(ds: xr.Dataset) -> pd.DataFrame:
             "or add them with ds.assign_coords"
         )
     extra = [name for name, coord in ds.coords.items() if coord.dims == ("point",) and name not in POINT_COORDS]
-    return pd.DataFrame({name: ds[name].to_numpy() for name in (*POINT_COORDS, *extra) if name != "point"})
+    index = ds.indexes.get("point")
+    levels = set(index.names) if isinstance(index, pd.MultiIndex) else set()
+    # index levels straight from the index: one string per distinct value and its codes, where converting the
+    # level coordinate to numpy would create a Python string per point (hundreds of MB on large files)
+    return pd.DataFrame(
+        {
+            name: index.get_level_values(name) if name in levels else ds[name].to_numpy()
+            for name in (*POINT_COORDS, *extra)
+            if name != "point"
+        }
+    )
 
 
 def point_order(points: pd.DataFrame) -> np.ndarray:
