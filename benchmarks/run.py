@@ -69,14 +69,18 @@ class StageMeter:
     """Wall time, CPU time and peak RSS of consecutive stages of this process.
 
     The peak of a stage is exact when it sets a new high for the process (``ru_maxrss``); otherwise it is the
-    highest RSS a sampling thread saw (every 5 ms) during the stage.
+    highest RSS a sampling thread saw (every 5 ms) during the stage. Above ``RSS_CAP_GIB`` (environment, default 8)
+    the process stops at once and reports the stages so far, so a run that would exhaust a shared machine's memory
+    fails alone.
     """
 
     def __init__(self) -> None:
         self.stages: list[dict] = []
         self._sampled = 0
+        self._label = ""
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
+        self._cap = float(os.environ.get("RSS_CAP_GIB", "8")) * GiB
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
@@ -84,11 +88,18 @@ class StageMeter:
             while not self._stop.wait(0.005):
                 statm.seek(0)
                 self._sampled = max(self._sampled, int(statm.read().split()[1]) * self._page)
+                if self._sampled > self._cap:
+                    aborted = {"stage": self._label, "seconds": float("nan"), "cpu_seconds": float("nan")}
+                    self.stages.append(aborted | {"peak_bytes": self._sampled})
+                    print(json.dumps({"stages": self.stages, "peak_bytes": self._sampled, "aborted": self._label}))
+                    sys.stdout.flush()
+                    os._exit(0)
 
     @contextmanager
     def stage(self, label: str) -> Iterator[None]:
         before = resource.getrusage(resource.RUSAGE_SELF)
         self._sampled = 0
+        self._label = label
         start = time.perf_counter()
         yield
         wall = time.perf_counter() - start
@@ -351,6 +362,8 @@ def run(scale: str, server: str, layout: str) -> dict:
         try:
             loads.append(os.getloadavg())
             build = in_child("build", str(data_dir), url, str(work))
+            if "aborted" in build:
+                return aborted(scale, stored, layout, loads, build)
             use = in_child("open", build["path"])
             run_ids = work / "linked_runs.json"
             run_ids.write_text(json.dumps(build.pop("linked_runs")))
@@ -392,7 +405,33 @@ def run(scale: str, server: str, layout: str) -> dict:
     }
 
 
+def aborted(scale: str, stored: tuple[int, int], layout: str, loads: list, build: dict) -> dict:
+    """The result of a build stopped above the RSS cap: its stages so far; nothing after it was measured."""
+    return {
+        "scale": scale,
+        "runs": stored[0],
+        "history_rows": stored[1],
+        "datadecide": layout,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1_5_15": [*loads, os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "stages": build["stages"],
+        "peak_bytes": build["peak_bytes"],
+        "aborted": build["aborted"],
+        "rss_cap_gib": float(os.environ.get("RSS_CAP_GIB", "8")),
+    }
+
+
 def report(result: dict) -> bool:
+    if "aborted" in result:
+        print(f"\n{result['scale']}: {result['runs']:,} runs, {result['history_rows']:,} history rows")
+        print(table(result["stages"]))
+        print(
+            f"FAIL  the build passed the RSS cap of {result['rss_cap_gib']:.0f} GiB in stage {result['aborted']!r} "
+            f"(peak RSS target {TARGETS[result['scale'] + '_peak_gib'] if result['scale'] != 'small' else '-'} GiB); "
+            "stopped there, nothing after it was measured"
+        )
+        return False
     print(
         f"\n{result['scale']}: {result['runs']:,} runs, {result['history_rows']:,} history rows, full DataDecide grid "
         f"({result['datadecide']}) -> {result['points']:,} points x {result['variables']} variables, "

@@ -123,6 +123,9 @@ def _coordinate_values(column: pd.Series) -> np.ndarray:
         return column.to_numpy(np.int64)
     if pd.api.types.is_float_dtype(column):
         return column.to_numpy(np.float64)
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":  # already str: no copy of millions of strings
+        return values
     return column.astype(str).to_numpy(dtype=object)
 
 

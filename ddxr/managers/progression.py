@@ -453,34 +453,41 @@ class TrainingProgressionManager:
         facts = self.run_facts
         offsets = self._token_offsets(bases, chains)
         chains = chains.assign(run_id=chains["run_id"].astype(self._run_dtype))
-        points = chains.merge(bases, on="lineage").merge(self._history, on="run_id")
-        points = points.merge(offsets, on=["lineage", "run_id"])
-        cumulative = points["offset"] + points["run_tokens"]
-        # the pretraining table's own FLOPs per token, so a lineage's compute stays one line through its base point
-        per_token = points["params"].map(self._flops_per_token).to_numpy(np.float64)
-        last_step = points["run_id"].map(facts["last_step"])
+        # everything constant along a run of a lineage is looked up on the chain table (one row per lineage and run),
+        # then spread over the history rows by one merge: no lookup runs per history row
+        runs = chains.merge(bases, on="lineage").merge(offsets, on=["lineage", "run_id"])
+        runs = runs.assign(
+            # the pretraining table's own FLOPs per token, so a lineage's compute stays one line through its base point
+            per_token=runs["params"].map(self._flops_per_token).to_numpy(np.float64),
+            last_step=runs["run_id"].map(facts["last_step"]).to_numpy(np.float64),
+            run_type=runs["run_id"].map(self._links["run_type"]).to_numpy(object),
+            estimated=(runs["run_id"].map(facts["tokens_estimated"]) | runs["offset_estimated"]).to_numpy(bool),
+        )
+        for name in ("lineage", "params", "data", "run_type"):  # spread as codes, not as millions of strings
+            runs[name] = runs[name].astype("category")
+        points = runs.merge(self._history, on="run_id")
+        cumulative = (points["offset"] + points["run_tokens"]).to_numpy(np.float64)
+        run_id = points["run_id"].to_numpy(object)
         return pd.DataFrame(
             {
                 "lineage": points["lineage"].to_numpy(object),
-                "run_id": points["run_id"].to_numpy(object),
-                "run_type": points["run_id"].map(self._links["run_type"]).to_numpy(object),
+                "run_id": run_id,
+                "run_type": points["run_type"].to_numpy(object),
                 "params": points["params"].to_numpy(object),
                 "data": points["data"].to_numpy(object),
                 "seed": points["seed"].to_numpy(np.int64),
                 "step": points["step"].to_numpy(np.int64),
                 "learning_rate": points["learning_rate"].to_numpy(np.float64),
                 "pretraining_phase": False,
-                "cumulative_tokens": cumulative.to_numpy(np.float64),
+                "cumulative_tokens": cumulative,
                 # pretraining compute is (FLOPs per token) x tokens too: the same factor x cumulative tokens never
                 # counts anything twice
-                "cumulative_compute": per_token * cumulative.to_numpy(np.float64),
-                "tokens_estimated": (
-                    points["run_id"].map(facts["tokens_estimated"]) | points["offset_estimated"]
-                ).to_numpy(bool),
+                "cumulative_compute": points["per_token"].to_numpy(np.float64) * cumulative,
+                "tokens_estimated": points["estimated"].to_numpy(bool),
                 "train_loss": points["train_loss"].to_numpy(np.float64),
                 "lr_at_step": points["lr_at_step"].to_numpy(np.float64),
                 "pretraining_row": -1,
-                "eval_run": np.where(points["step"] == last_step, points["run_id"], "").astype(object),
+                "eval_run": np.where(points["step"].to_numpy() == points["last_step"].to_numpy(), run_id, ""),
             }
         )
 
