@@ -61,6 +61,7 @@ def test_history_rows_without_numeric_tokens_are_counted_skips(small_sources, tm
     root, store = _copy(small_sources, tmp_path)
     runs = small_sources[1]
     long_runs = runs.loc[runs["run_id"].str.contains("500Mtx1"), "run_id"].tolist()[:4]
+    dpo_run = runs.loc[runs["run_type"] == "dpo", "run_id"].iloc[0]
     bad = {  # run -> the two rows (steps 1000, 2000) it spoils; the last run's counter is Infinity on every row
         long_runs[0]: ("json_remove(metrics, '$.total_tokens')", "json_set(metrics, '$.total_tokens', json('[1]'))"),
         long_runs[1]: ("json_set(metrics, '$.total_tokens', 'lots')", "json_set(metrics, '$.total_tokens', 'NaN')"),
@@ -74,6 +75,11 @@ def test_history_rows_without_numeric_tokens_are_counted_skips(small_sources, tm
             "UPDATE wandb_history SET metrics = json_set(metrics, '$.total_tokens', 'Infinity') WHERE run_id = ?",
             [long_runs[3]],
         )
+        store.execute(  # the DPO counter, whose tokens are estimated from it
+            "UPDATE wandb_history SET metrics = json_set(metrics, '$.training_step', 'Infinity') "
+            "WHERE id = (SELECT max(id) FROM wandb_history WHERE run_id = ?)",
+            [dpo_run],
+        )
     dd = DataDecideNext(root, f"sqlite:///{root / 'wandb.db'}", cache_dir=tmp_path / "cache", progress=False)
     curves, _ = dd.build()  # one Infinity used to abort the whole build
     assert np.isfinite(curves["cumulative_tokens"].to_numpy()).all()
@@ -85,15 +91,17 @@ def test_history_rows_without_numeric_tokens_are_counted_skips(small_sources, tm
     assert table.loc[long_runs[:3], "n_history_rows"].tolist() == [52, 52, 52]
     assert table.loc[long_runs, "history_rows_skipped"].tolist() == [2, 2, 2, 54]
     assert table.loc[long_runs[:3], "in_curves"].all() and (table.loc[long_runs[:3], "skip_reason"] == "").all()
-    assert (table.drop(index=long_runs)["history_rows_skipped"] == 0).all()
+    assert (table.drop(index=[*long_runs, dpo_run])["history_rows_skipped"] == 0).all()
     progression = dd.build_report()["progression"]
     assert progression["history_rows_skipped_by_run"] == {
         long_runs[0]: {_NOT_A_NUMBER: 2},
         long_runs[1]: {_NOT_A_NUMBER: 2},
         long_runs[2]: {_NOT_FINITE: 2},
         long_runs[3]: {_NOT_FINITE: 54},
+        dpo_run: {"training_step is not finite": 1},
     }
-    assert progression["history_rows_skipped"] == 60
+    assert progression["history_rows_skipped"] == 61
+    assert table.loc[dpo_run, ["n_history_rows", "history_rows_skipped"]].tolist() == [99, 1]
 
 
 @settings(max_examples=25, deadline=None)

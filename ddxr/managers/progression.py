@@ -228,7 +228,8 @@ class TrainingProgressionManager:
         return history, facts
 
     def _drop_rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
-        """Skip rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere.
+        """Skip rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere, and
+        rows whose DPO counter ``training_step`` is ±inf.
 
         W&B logs eval-only rows without the counter; a run's other rows keep their measured tokens rather than
         the whole run falling back to an estimate (or vanishing when it has no budget). Runs that log no counter
@@ -237,9 +238,14 @@ class TrainingProgressionManager:
         tokens = pd.to_numeric(history["total_tokens"], errors="coerce").astype("float64")
         finite = np.isfinite(tokens)
         counted = finite.groupby(history["run_id"], observed=True).transform("any")
-        skip = (counted & ~finite) | np.isinf(tokens)
+        infinite_step = np.isinf(pd.to_numeric(history["training_step"], errors="coerce").astype("float64"))
+        skip = (counted & ~finite) | np.isinf(tokens) | infinite_step
         reason = pd.Series(
-            np.where(np.isinf(tokens), "total_tokens is not finite", "total_tokens missing or not a number"),
+            np.select(
+                [np.isinf(tokens), infinite_step],
+                ["total_tokens is not finite", "training_step is not finite"],
+                "total_tokens missing or not a number",
+            ),
             index=history.index,
         )
         skipped = reason[skip].groupby([history["run_id"][skip], reason[skip]], observed=True).size()
