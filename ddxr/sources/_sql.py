@@ -151,8 +151,8 @@ def translated_errors(url: StoreURL) -> Iterator[None]:
                 f"the W&B store at {url.redacted} did not answer in time ({url.scrub(driver_message(error))}): "
                 "another session holds a lock on a store table (e.g. a running downloader's transaction, see "
                 "pg_locks) or the query ran past its statement timeout; retry when that session ends, or raise "
-                "the timeout with WandBStore(url, lock_timeout=…, statement_timeout=…) or "
-                "?options=-c lock_timeout=…s in the URL"
+                "the timeout in the store URL (?options=-c%20lock_timeout%3D300s) or, in Python, with "
+                "WandBStore(url, lock_timeout=…, statement_timeout=…)"
             ) from None
         raise SourceError(
             f"the W&B store at {url.redacted} failed: {url.scrub(driver_message(error))}; check that its tables "
