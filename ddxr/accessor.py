@@ -21,9 +21,9 @@ class DdxrAccessor:
         """Select points by index levels or point coordinates; see :func:`ddxr.index.select`."""
         return index.select(self._ds, **labels)
 
-    def to_frame(self, metrics=None, melt: bool = False, dropna: bool = True):
+    def to_frame(self, metrics=None, melt: bool = False, dropna: bool = True, prefix: str = "shared", runs=None):
         """Long DataFrame for plotting; see :func:`ddxr.frames.to_frame`."""
-        return frames.to_frame(self._ds, metrics=metrics, melt=melt, dropna=dropna)
+        return frames.to_frame(self._ds, metrics=metrics, melt=melt, dropna=dropna, prefix=prefix, runs=runs)
 
     def mean_over_seeds(self, metrics=None) -> xr.Dataset:
         """Seed means of pretraining lineages; see :func:`ddxr.analysis.mean_over_seeds`."""

@@ -609,3 +609,32 @@ def _jsonable(value: Any, where: Hashable) -> Any:
         f"{where}: expected str, numbers, bools, None, paths, dates or lists/mappings of them, found "
         f"{type(value).__name__}; convert it before fingerprinting or storing it as an attribute"
     )
+
+
+def is_ddxr_cache(path: str | Path) -> bool:
+    """Whether ``path`` is a file ddxr wrote (a netCDF file stamped with ``ddxr_version`` and ``schema_version``).
+
+    Reads only the file's root attributes, so it is cheap on any file. Commands use it before replacing a file, so
+    that they never overwrite one ddxr did not write.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Any path.
+
+    Returns
+    -------
+    bool
+        False for a missing path, a folder, or a file that is not a readable ddxr netCDF file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        manager = open_shared(path)  # the handle every open shares: a second one on the file could crash HDF5
+        try:
+            return {"ddxr_version", "schema_version"} <= set(manager.acquire().ncattrs())
+        finally:
+            manager.close()
+    except (*_READ_ERRORS, CacheError):
+        return False

@@ -1,4 +1,4 @@
-"""The ``ddxr`` command: demo, build, load, info, export.
+"""The ``ddxr`` command: demo, build, load, info, export, plot.
 
 Errors a user can act on end the command with one line on stderr and a non-zero exit; ``--debug`` shows the
 traceback instead.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,9 @@ import xarray as xr
 from ddxr._version import __version__
 from ddxr.cache import open_dataset, open_runs, write_dataset
 from ddxr.errors import DdxrError
+from ddxr.cache import _replace_atomically as replace_atomically
+from ddxr.cache import is_ddxr_cache, open_dataset, open_runs, write_dataset
+from ddxr.errors import CacheError, DdxrError
 from ddxr.facade import DataDecideNext
 from ddxr.frames import to_frame
 from ddxr.index import select
@@ -42,14 +44,29 @@ class UsageError(DdxrError):
 
 
 def parse_selection(items: Sequence[str]) -> dict:
-    """``--sel`` items (``name=value``, ``name=a,b``, ``name=lo:hi``) → labels for :func:`ddxr.index.select`."""
+    """``--sel`` items (``name=value``, ``name=a,b``, ``name=lo:hi``) → labels for :func:`ddxr.index.select`.
+
+    Repeating a name merges its values (``--sel params=150M --sel params=1B`` selects both); a range cannot be
+    merged with anything.
+    """
     labels: dict = {}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name or not text:
             raise UsageError(f"--sel {item!r}: expected NAME=VALUE, NAME=A,B or NAME=LO:HI (e.g. params=150M)")
-        labels[name] = _parse_labels(name, text)
+        value = _parse_labels(name, text)
+        if name in labels:
+            value = _merged(name, labels[name], value)
+        labels[name] = value
     return labels
+
+
+def _merged(name: str, before, after) -> list:
+    """Values of a repeated ``--sel NAME``, in order and without repeats."""
+    if isinstance(before, slice) or isinstance(after, slice):
+        raise UsageError(f"--sel {name}: a range LO:HI cannot be combined with another --sel {name}; give one range")
+    values = [*(before if isinstance(before, list) else [before]), *(after if isinstance(after, list) else [after])]
+    return list(dict.fromkeys(values))
 
 
 def _parse_labels(name: str, text: str):
@@ -69,9 +86,15 @@ def _parse_value(name: str, text: str):
     if convert is None:
         return text
     try:
-        return convert(float(text))
+        number = float(text)
     except ValueError:
         raise UsageError(f"--sel {name}={text}: {name} takes numbers, e.g. {name}=1e-5") from None
+    if not np.isfinite(number):
+        raise UsageError(f"--sel {name}={text}: {name} takes finite numbers")
+    if convert is int and not number.is_integer():
+        # int() would truncate: step=1.5 must not quietly select step 1
+        raise UsageError(f"--sel {name}={text}: {name} takes whole numbers, e.g. {name}=1000")
+    return convert(number)
 
 
 # ---------------------------------------------------------------------- commands
@@ -81,22 +104,62 @@ def command_demo(args: argparse.Namespace) -> None:
 
     root = Path(args.cache_dir)
     demo_dir = root / "demo"
-    if demo_dir.exists():
-        shutil.rmtree(demo_dir)  # regenerated from scratch: the demo is deterministic
+    out = root / "ddxr-demo.nc"
+    _check_replaceable(out, "--cache-dir", force=False)
+    _clear_demo_sources(demo_dir)  # regenerated from scratch: the demo is deterministic
     if not args.quiet:
         print(f"generating demo sources in {demo_dir} ...")
     truth = generate(demo_dir)
     dd = DataDecideNext(demo_dir, truth.store_url, cache_dir=demo_dir / "cache", progress=not args.quiet)
     curves, runs = dd.build()
-    out = write_dataset(curves, runs, root / "ddxr-demo.nc")
+    _write_demo_manifest(demo_dir)
+    write_dataset(curves, runs, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)\n")
     print(summary(curves, runs))
-    png = _plot_demo_sweep(curves, root / "ddxr-demo-lr-sweep.png")
+    png = _plot_demo_sweep(curves, runs, root / "ddxr-demo-lr-sweep.png")
     if png is not None:
         print(f"\nwrote {png}")
 
 
-def _plot_demo_sweep(curves: xr.Dataset, path: Path) -> Path | None:
+#: Files ``ddxr demo`` wrote in its sources folder, so that a rerun deletes those and nothing else.
+DEMO_MANIFEST = ".ddxr-demo-files.json"
+
+
+def _clear_demo_sources(folder: Path) -> None:
+    """Delete the files an earlier ``ddxr demo`` wrote in ``folder`` (its manifest lists them), never another file.
+
+    Raises
+    ------
+    UsageError
+        If ``folder`` still holds a file ddxr did not write (it is left untouched).
+    """
+    manifest = folder / DEMO_MANIFEST
+    try:
+        written = json.loads(manifest.read_text()) if manifest.is_file() else []
+    except (OSError, ValueError):
+        written = []  # an unreadable manifest proves nothing: every file counts as the user's
+    root = folder.resolve()
+    for name in written if isinstance(written, list) else []:
+        path = (folder / str(name)).resolve()
+        if path.is_relative_to(root) and path.is_file():  # a manifest cannot point outside its folder
+            path.unlink()
+    manifest.unlink(missing_ok=True)
+    unknown = sorted(path for path in folder.rglob("*") if not path.is_dir()) if folder.is_dir() else []
+    if unknown:
+        raise UsageError(
+            f"{folder} holds {len(unknown)} file(s) ddxr demo did not write (e.g. {unknown[0]}); ddxr never deletes "
+            "them — move them away or pass another --cache-dir"
+        )
+    for path in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+        path.rmdir()  # only empty folders are left: the demo's own
+
+
+def _write_demo_manifest(folder: Path) -> None:
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    (folder / DEMO_MANIFEST).write_text(json.dumps(files, indent=0))
+
+
+def _plot_demo_sweep(curves: xr.Dataset, runs: xr.Dataset, path: Path) -> Path | None:
     try:
         from ddxr.plotting import plot_sweep
     except ImportError:  # pragma: no cover - matplotlib is an optional extra
@@ -105,21 +168,40 @@ def _plot_demo_sweep(curves: xr.Dataset, path: Path) -> Path | None:
     sweep = select(curves, params=DEMO_SWEEP["base_params"], data=DEMO_SWEEP["base_data"], run_type="supervised_ft")
     leaves = list(np.unique(sweep["lineage"].to_numpy()))
     lineages = select(curves, lineage=leaves, learning_rate=DEMO_SWEEP["learning_rates"])
-    frame = to_frame(lineages, metrics=["olmes_9_average", "train_loss"], melt=True)
+    frame = to_frame(lineages, metrics=["olmes_9_average", "train_loss"], melt=True, runs=runs)
     return plot_sweep(frame, path)
+
+
+def _check_replaceable(path: Path, flag: str, force: bool, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse to replace a folder, an input of the command, or a file ddxr did not write (unless ``force``)."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name ending in .nc")
+    if path.exists() and any(path.resolve() == Path(source).resolve() for source in inputs):
+        raise UsageError(f"{flag} {path}: is an input of this command; write the dataset to another file")
+    if path.exists() and not force and not is_ddxr_cache(path):
+        raise UsageError(
+            f"{flag} {path}: exists and was not written by ddxr; refusing to replace it — choose another file, or "
+            "pass --force to replace it anyway"
+        )
 
 
 def command_build(args: argparse.Namespace) -> None:
     """Build from real sources, with progress bars and the build report."""
+    if args.out is not None:  # refused before any work
+        _check_replaceable(Path(args.out), "--out", args.force, inputs=[args.datadecide, *_sqlite_file(args.db)])
     metrics = args.metrics if args.metrics in ("core", "all") else args.metrics.split(",")
     dd = DataDecideNext(args.datadecide, args.db, cache_dir=args.cache_dir, metrics=metrics, progress=not args.quiet)
     if args.out is None:
-        curves = dd.dataset(refresh=args.refresh)
         out = dd.cache_path()
+        reused = out.exists() and not args.refresh  # the cache is rebuilt only when missing or refreshed
+        curves = dd.dataset(refresh=args.refresh)
     else:
         curves, runs = dd.build()
-        out = write_dataset(curves, runs, args.out)
-    print(f"wrote {out}")
+        out, reused = write_dataset(curves, runs, args.out), False
+    if reused:
+        print(f"reused {out} (its sources are unchanged; ddxr build --refresh rebuilds it)")
+    else:
+        print(f"wrote {out}")
     print(_format_report(json.loads(curves.attrs["build_report"])))
 
 
@@ -136,24 +218,93 @@ def command_load(args: argparse.Namespace) -> None:
         print(f"{report.summary()}\ninto {store.url_redacted}")
 
 
+def _sqlite_file(url: str) -> list[str]:
+    """The database file of a ``sqlite:///`` URL (an input --out must not replace); none for other stores."""
+    prefix = "sqlite:///"
+    return [url.removeprefix(prefix).split("?", 1)[0]] if url.startswith(prefix) else []
+
+
 def command_info(args: argparse.Namespace) -> None:
     """Describe a ddxr file: dims, levels, runs, metrics, provenance."""
-    print(summary(open_dataset(args.file), open_runs(args.file), provenance=True))
+    print(summary(*_open_file(args.file), provenance=True))
 
 
 def command_export(args: argparse.Namespace) -> None:
-    """Write the long frame of a selection to parquet or CSV."""
+    """Write the frame of a selection to parquet or CSV, atomically (a failed write leaves no partial file)."""
     out = Path(args.output)
     if out.suffix not in (".parquet", ".csv"):
         raise UsageError(f"-o {out}: the output must end in .parquet or .csv")
-    ds = select(open_dataset(args.file), **parse_selection(args.sel))
+    _check_output(out)
+    curves, runs = _open_file(args.file)
+    ds = select(curves, **parse_selection(args.sel))
     metrics = args.metrics.split(",") if args.metrics else None
-    frame = to_frame(ds, metrics=metrics, melt=args.melt)
+    frame = to_frame(ds, metrics=metrics, melt=args.melt, prefix=args.prefix, runs=runs)
     if out.suffix == ".csv":
-        frame.to_csv(out, index=False)
+        _write_atomically(out, lambda target: frame.to_csv(target, index=False))
     else:
-        frame.to_parquet(out, index=False)
+        _write_atomically(out, lambda target: frame.to_parquet(target, index=False))
     print(f"wrote {len(frame):,} rows x {frame.shape[1]} columns to {out}")
+
+
+def _open_file(path: str | Path) -> tuple[xr.Dataset, xr.Dataset]:
+    """The curves and runs of a ddxr file named on the command line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; check the path, or write one with ddxr build --out {path}")
+    if not is_ddxr_cache(path):
+        raise UsageError(
+            f"{path}: not a ddxr file (expected a netCDF file written by ddxr build or ddxr demo); check the path"
+        )
+    return open_dataset(path), open_runs(path)
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output path in a missing folder or naming a folder, before any work is done."""
+    if out.is_dir():
+        raise UsageError(f"-o {out}: is a folder; give a file name inside it, e.g. -o {out / ('sweep' + out.suffix)}")
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist; create it first or choose another path")
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Write ``out`` through a temporary file in its folder moved into place: never a partial file under its name."""
+    try:
+        replace_atomically(out, write)
+    except CacheError as error:
+        reason = error.__cause__ if isinstance(error.__cause__, OSError) else error
+        detail = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        raise DdxrError(
+            f"-o {out}: cannot write the file ({detail}); nothing was written — free space or choose another folder"
+        ) from error
+
+
+def command_plot(args: argparse.Namespace) -> None:
+    """Draw the learning-rate sweep or the scaling curves of a selection to a PNG file."""
+    try:
+        from ddxr import plotting
+    except ImportError:  # pragma: no cover - matplotlib is an optional extra
+        raise UsageError("drawing needs matplotlib: pip install 'ddxr[plot]'") from None
+    out = Path(args.output)
+    if out.suffix != ".png":
+        raise UsageError(f"-o {out}: the output must end in .png")
+    _check_output(out)
+    curves, runs = _open_file(args.file)
+    ds = select(curves, **parse_selection(args.sel))
+    metrics = [name for item in args.metric for name in item.split(",")] or (
+        list(plotting.SWEEP_METRICS) if args.kind == "sweep" else ["olmes_9_average"]
+    )
+    if args.kind == "sweep":
+        frame = to_frame(ds, metrics=metrics, melt=True, runs=runs)
+        _write_atomically(out, lambda target: plotting.plot_sweep(frame, target, metrics))
+    else:
+        from ddxr.analysis import mean_over_seeds
+
+        if len(metrics) != 1:
+            raise UsageError(f"--metric {','.join(metrics)}: scaling curves draw one metric; give one --metric")
+        pretraining = select(ds, pretraining_phase=True)
+        frame = to_frame(mean_over_seeds(pretraining, metrics), metrics, melt=True)
+        _write_atomically(out, lambda target: plotting.plot_scaling(frame, target, metrics[0]))
+    print(f"wrote {out} ({frame['curve'].nunique()} curves of {', '.join(metrics)})")
 
 
 # ---------------------------------------------------------------------- summaries
@@ -241,6 +392,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--metrics", default="core", help='"core", "all" or a comma-separated list of variables (default core)'
     )
     build.add_argument("--refresh", action="store_true", help="rebuild even when the cache is fresh")
+    build.add_argument("--force", action="store_true", help="let --out replace a file ddxr did not write")
     build.set_defaults(run=command_build)
 
     load = commands.add_parser(
@@ -266,13 +418,46 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--sel", action="append", default=[], help="NAME=VALUE | NAME=A,B | NAME=LO:HI (repeat)")
     export.add_argument("--metrics", help="comma-separated metric variables (default: all)")
     export.add_argument("--melt", action="store_true", help="long metric/value columns")
+    export.add_argument(
+        "--prefix",
+        choices=("shared", "copied"),
+        default="shared",
+        help="pretraining prefix once per base (shared, default: for plotting) or in every lineage (copied)",
+    )
     export.add_argument("-o", "--output", required=True, help="out.parquet or out.csv")
     export.set_defaults(run=command_export)
 
-    # every command also takes --quiet after its name; SUPPRESS keeps an absent one from undoing `ddxr --quiet CMD`
-    for command in commands.choices.values():
-        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+    plot = commands.add_parser("plot", help="draw the learning-rate sweep or the scaling curves of a selection")
+    plot.add_argument("file")
+    plot.add_argument("--sel", action="append", default=[], help="NAME=VALUE | NAME=A,B | NAME=LO:HI (repeat)")
+    plot.add_argument(
+        "--metric", action="append", default=[], help="metric to draw (repeat; default olmes_9_average,train_loss)"
+    )
+    plot.add_argument(
+        "--kind",
+        choices=("sweep", "scaling"),
+        default="sweep",
+        help="sweep: lineages and post-training runs; scaling: seed-mean pretraining curve per size",
+    )
+    plot.add_argument("-o", "--output", required=True, help="out.png")
+    plot.set_defaults(run=command_plot)
     return parser
+
+
+#: Remedies some library messages spell as Python arguments, and their spelling on the command line.
+CLI_SPELLINGS = (
+    ("rebuild with refresh=True", "rebuild with ddxr build --refresh"),
+    ("build it (cached_build)", "build it with ddxr build"),
+    ("pass mean=True for datadec's mean_eval", "ddxr build reads datadec's full_eval, not the seed-averaged mean_eval"),
+)
+
+
+def cli_message(error: BaseException) -> str:
+    """An error's message as the command shows it: one line, remedies spelled as command-line flags."""
+    message = " ".join(str(error).split())
+    for python, command in CLI_SPELLINGS:
+        message = message.replace(python, command)
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DdxrError, FileNotFoundError, PermissionError) as error:
         if args.debug:
             raise
-        print(f"ddxr {args.command}: {error}", file=sys.stderr)
+        print(f"ddxr {args.command}: {cli_message(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -60,7 +60,10 @@ def test_export_writes_the_selected_long_frame(demo, tmp_path, suffix):
     assert code == 0
     frame = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
     assert set(frame["params"]) == {"150M"}
-    assert set(frame["learning_rate"]).issubset({1e-5, 1e-4}) and len(frame) > 0
+    # the shared pretraining prefix is the base's own (learning rate 0.0); every post-training point is selected
+    post = frame[frame["phase"] != "pretraining"]
+    assert set(post["learning_rate"]) == {1e-5, 1e-4} and set(frame["learning_rate"]) == {0.0, 1e-5, 1e-4}
+    assert set(frame.loc[frame["phase"] == "pretraining", "curve"]) == {"pretraining seed 0"}
     assert frame["cumulative_tokens"].max() <= 5e10
     assert set(frame["metric"]) <= {"olmes_9_average", "train_loss"}
     assert frame["value"].notna().all()
