@@ -439,6 +439,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("-o", "--output", required=True, help="out.png")
     plot.set_defaults(run=command_plot)
+
+    # every command also takes --quiet after its name; SUPPRESS keeps an absent one from undoing `ddxr --quiet CMD`
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
     return parser
 
 

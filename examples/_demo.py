@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from matplotlib.figure import Figure
 
 from ddxr import DataDecideNext
 from ddxr.synthetic import generate
-from ddxr.vocabulary import PARAMS
 
 #: Where the examples keep their sources, caches and figures (relative to the working directory).
 OUT = Path("cache/examples")
@@ -62,13 +60,6 @@ def demo_next(out: Path = OUT) -> DataDecideNext:
     """A :class:`ddxr.DataDecideNext` on the demo sources, caching under ``out/cache``, without progress bars."""
     data_dir, store_url = demo_sources(out)
     return DataDecideNext(data_dir, store_url, cache_dir=Path(out) / "cache", progress=False)
-
-
-def size_colours(sizes: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
-    """One viridis colour per size label, dark to light in numeric size order (legends read small to large)."""
-    ordered = [label for label in PARAMS if label in set(sizes)]
-    colormap = matplotlib.colormaps["viridis"]
-    return {label: colormap(0.9 * rank / max(len(ordered) - 1, 1)) for rank, label in enumerate(ordered)}
 
 
 def subplots(**kwargs: Any) -> tuple[Figure, Any]:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import xarray as xr
-from _demo import OUT, demo_next, save, size_colours, subplots
+from _demo import OUT, demo_next, save, subplots
 
 from ddxr.analysis import decision_accuracy
 from ddxr.frames import params_categorical, to_frame
+from ddxr.plotting import size_colours
 from ddxr.vocabulary import PRETRAINING_LEARNING_RATE
 
 SMALL = ("4M", "20M", "150M", "530M")

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-from _demo import OUT, demo_next, save, size_colours, subplots
+from _demo import OUT, demo_next, save, subplots
 
 from ddxr.analysis import final, posttraining_decision_accuracy, std_over_seeds
 from ddxr.frames import params_categorical, point_coords
+from ddxr.plotting import size_colours
 
 METRIC = "olmes_9_average"
 RUN_TYPE = "supervised_ft"

@@ -2,8 +2,14 @@
 
 Each line is the mean over seeds of the recipe's pretraining checkpoints (:func:`ddxr.analysis.mean_over_seeds`),
 coloured in size order on a log token axis; hollow markers are the end points of the recipe's supervised-finetuning
-runs (their last measured value, at base tokens + finetuning tokens), so one can see how far finetuning moves a
-model compared with the gain from the next size up. Uses the demo sample of ``examples/_demo.py``.
+runs (their last measured value), so one can see how far finetuning moves a model compared with the gain from the
+next size up.
+
+Each end point is drawn at the tokens of its *base checkpoint*, joined to the base's value by a thin vertical line
+(the gain from finetuning), not at its cumulative tokens: finetuning tokens are not pretraining budget, and a small
+model finetuned on a billion tokens would otherwise sit far past the end of its own pretraining curve, among the
+larger sizes, as if it had been pretrained longer. The script counts the runs that would have been misplaced so.
+Uses the demo sample of ``examples/_demo.py``.
 
 Run: ``python examples/scaling_curves.py`` → ``cache/examples/scaling_curves.png``
 """
@@ -12,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 import xarray as xr
-from _demo import OUT, demo_next, save, size_colours, subplots
+from _demo import OUT, demo_next, save, subplots
 
 from ddxr.analysis import final, mean_over_seeds
 from ddxr.frames import to_frame
+from ddxr.plotting import size_colours
 
 RECIPE = "Dolma1.7"
 METRIC = "olmes_9_average"
@@ -41,9 +48,11 @@ def finetuning_end_points(ds: xr.Dataset, recipe: str = RECIPE, metric: str = ME
     -------
     pandas.DataFrame
         One row per lineage with a measured value: ``params``, ``learning_rate``, ``cumulative_tokens`` (where the
-        value was measured) and ``value``.
+        value was measured), ``value``, and the lineage's base checkpoint: ``base_tokens`` and ``base_value`` (its
+        last pretraining point measuring ``metric``).
     """
     ends = final(ds.sel(data=recipe), "posttraining", metric)
+    bases = final(ds.sel(data=recipe), "pretraining", metric).sel(lineage=ends["lineage"].to_numpy())
     frame = pd.DataFrame(
         {
             "run_type": ends["run_type"].to_numpy(),  # the leaf's: a DPO lineage's SFT points are its parent's
@@ -51,6 +60,8 @@ def finetuning_end_points(ds: xr.Dataset, recipe: str = RECIPE, metric: str = ME
             "learning_rate": ends["learning_rate"].to_numpy(),
             "cumulative_tokens": ends[f"{metric}_cumulative_tokens"].to_numpy(),
             "value": ends[metric].to_numpy().astype(float),
+            "base_tokens": bases[f"{metric}_cumulative_tokens"].to_numpy(),
+            "base_value": bases[metric].to_numpy().astype(float),
         }
     )
     frame = frame[(frame["run_type"] == "supervised_ft") & frame["value"].notna()]
@@ -64,11 +75,12 @@ def plot(curves: pd.DataFrame, ends: pd.DataFrame, path: Path, recipe: str = REC
     for size, curve in curves.groupby("params", observed=True, sort=True):  # one line per size (≤ 14)
         axis.plot(curve["cumulative_tokens"], curve["value"], color=colours[size], marker=".", label=size)
     for size, points in ends.groupby("params", sort=False):
+        axis.vlines(points["base_tokens"], points["base_value"], points["value"], colors=[colours[size]], linewidth=0.8)
         axis.scatter(
-            points["cumulative_tokens"], points["value"], facecolors="none", edgecolors=[colours[size]], s=50, zorder=3
+            points["base_tokens"], points["value"], facecolors="none", edgecolors=[colours[size]], s=50, zorder=3
         )
     if len(ends):
-        axis.scatter([], [], facecolors="none", edgecolors="0.3", s=50, label="SFT end points")
+        axis.scatter([], [], facecolors="none", edgecolors="0.3", s=50, label="SFT end point, at its base checkpoint")
     axis.set_xscale("log")
     axis.set_xlabel("cumulative tokens")
     axis.set_ylabel(f"{metric} (mean over seeds)")
@@ -86,6 +98,12 @@ def main(out: Path = OUT) -> Path:
     best = ends.groupby("params", sort=False)["value"].max().reindex(last.index).dropna()
     print(f"{RECIPE} final {METRIC} (seed mean): " + ", ".join(f"{size} {value:.3f}" for size, value in last.items()))
     print(f"best SFT end point of {len(ends)}: " + ", ".join(f"{size} {value:.3f}" for size, value in best.items()))
+    budget = curves.groupby("params", observed=True)["cumulative_tokens"].max()
+    past = ends["cumulative_tokens"] > ends["params"].map(budget)
+    print(
+        f"{int(past.sum())} of {len(ends)} SFT end points lie past their size's pretraining budget in cumulative "
+        "tokens; drawn at their base checkpoint instead"
+    )
     return plot(curves, ends, Path(out) / "scaling_curves.png")
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from ddxr.analysis import posttraining_decision_accuracy
 from ddxr.frames import to_frame
+from ddxr.plotting import size_colours
 from ddxr.vocabulary import PARAMS, PRETRAINING_LEARNING_RATE, SIZES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -108,8 +109,8 @@ def test_demo_sources_replace_an_interrupted_generation(modules: dict[str, Modul
     assert not list(tmp_path.glob("sources-*")), "the staging folder was left behind"
 
 
-def test_size_colours_follow_numeric_size_order(modules: dict[str, ModuleType]) -> None:
-    colours = modules["_demo"].size_colours(["1B", "150M", "4M", "150M"])
+def test_size_colours_follow_numeric_size_order() -> None:
+    colours = size_colours(["1B", "150M", "4M", "150M"])
     assert list(colours) == ["4M", "150M", "1B"]
     assert len(set(colours.values())) == 3
 
