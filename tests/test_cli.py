@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from ddxr.cache import open_dataset, open_runs
 from ddxr.cli import main, parse_selection
 from ddxr.errors import DdxrError
+from ddxr.frames import to_frame
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,10 @@ def test_export_writes_the_selected_long_frame(demo, tmp_path, suffix):
     # the shared pretraining prefix is the base's own (learning rate 0.0); every post-training point is selected
     post = frame[frame["phase"] != "pretraining"]
     assert set(post["learning_rate"]) == {1e-5, 1e-4} and set(frame["learning_rate"]) == {0.0, 1e-5, 1e-4}
-    assert set(frame.loc[frame["phase"] == "pretraining", "curve"]) == {"pretraining seed 0"}
+    # several recipes selected: curve names carry size and recipe
+    pretraining = set(frame.loc[frame["phase"] == "pretraining", "curve"])
+    assert "150M Dolma1.7 pretraining seed 0" in pretraining
+    assert all(name.startswith("150M ") and name.endswith(" pretraining seed 0") for name in pretraining)
     assert frame["cumulative_tokens"].max() <= 5e10
     assert set(frame["metric"]) <= {"olmes_9_average", "train_loss"}
     assert frame["value"].notna().all()
@@ -129,3 +135,40 @@ def test_selection_errors_read_as_prose_not_as_a_quoted_key():
     from ddxr.errors import SelectionError
 
     assert str(SelectionError("no point has params '77M'")) == "no point has params '77M'"
+
+
+def test_demo_sweep_is_one_lineage_per_hue_and_style_group(demo):
+    ds = open_dataset(demo / "ddxr-demo.nc")
+    runs = open_runs(demo / "ddxr-demo.nc")
+    sweep = ds.sel(params="150M", data="Dolma1.7", learning_rate=[1e-5, 3e-5, 1e-4, 3e-4])
+    frame = to_frame(sweep, metrics=["olmes_9_average", "train_loss"], melt=True, runs=runs)
+    for metric, rows in frame.groupby("metric"):
+        groups = rows.groupby(["learning_rate_label", "phase"], observed=True)
+        assert (groups["curve"].nunique() == 1).all() and (groups["lineage"].nunique() == 1).all(), metric
+        for _, line in groups:
+            assert (np.diff(line["cumulative_tokens"].to_numpy()) > 0).all(), metric
+    olmes = frame[frame["metric"] == "olmes_9_average"]
+    assert set(olmes["learning_rate_label"].astype(str)) == {"pretraining", "1e-05", "3e-05", "1e-04", "3e-04"}
+    # every SFT run has one end-of-run eval: with its anchor at the base checkpoint, a two-point segment
+    post = olmes[olmes["phase"] == "supervised_ft"].groupby("curve", observed=True)
+    assert (post.size() == 2).all() and (post["anchor"].first()).all()
+    base = olmes[olmes["phase"] == "pretraining"].iloc[-1]
+    assert (olmes.loc[olmes["anchor"], "cumulative_tokens"] == base["cumulative_tokens"]).all()
+    # the whole 150M Dolma1.7 selection: three seeds, every SFT rate and a DPO lineage, one true line per curve
+    everything = to_frame(ds.sel(params="150M", data="Dolma1.7"), metrics="train_loss", melt=True, runs=runs)
+    assert "DPO lr=1e-06 ← SFT lr=1e-05" in set(everything["curve"])
+    for _, line in everything.groupby("curve", observed=True):
+        assert line["lineage"].nunique() == 1 and (np.diff(line["cumulative_tokens"].to_numpy()) > 0).all()
+
+
+def test_plot_command_draws_the_sweep_and_the_scaling_curves(demo, tmp_path, capsys):
+    sweep, scaling = tmp_path / "sweep.png", tmp_path / "scaling.png"
+    sel = ["--sel", "params=150M", "--sel", "data=Dolma1.7", "--sel", "learning_rate=1e-5,3e-5,1e-4,3e-4"]
+    assert main(["plot", str(demo / "ddxr-demo.nc"), *sel, "-o", str(sweep)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {sweep} (5 curves of olmes_9_average, train_loss)"
+    argv = ["plot", str(demo / "ddxr-demo.nc"), "--sel", "data=Dolma1.7", "--kind", "scaling", "-o", str(scaling)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {scaling} (5 curves of olmes_9_average)"
+    for png in (sweep, scaling):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert main(["plot", str(demo / "ddxr-demo.nc"), "-o", str(tmp_path / "x.svg")]) == 1
