@@ -346,8 +346,11 @@ class DataDecideNext:
         return select(ds, lineage=list(leaves))
 
     def get_continuous_curves(self, run_ids: Sequence[str], metrics: Sequence[str] | None = None) -> pd.DataFrame:
-        """Long frame of the lineages ending in ``run_ids``: pretraining base, then post-training, one row per point."""
-        return to_frame(select(self.dataset(), lineage=list(run_ids)), metrics=metrics)
+        """Long frame of the lineages ending in ``run_ids``: pretraining base, then post-training, one row per point.
+
+        Each lineage is whole (``to_frame(..., prefix="copied")``): ``groupby("lineage")`` gives its continuous curve.
+        """
+        return to_frame(select(self.dataset(), lineage=list(run_ids)), metrics=metrics, prefix="copied")
 
 
 def _run_ids(run_ids: pd.Series) -> list[str]:

@@ -27,7 +27,8 @@ def main(out: Path = OUT) -> Path:
     )
     sweep_run_ids = np.unique(sweep["lineage"].to_numpy())
     plot_data = dd.get_continuous_curves(sweep_run_ids, metrics=["olmes_9_average", "train_loss"])
-    print(plot_data.groupby(["learning_rate_label", "phase"], observed=True).size().rename("points").to_string())
+    measured = plot_data[~plot_data["anchor"]]  # anchors repeat the base checkpoint at the start of each run
+    print(measured.groupby(["learning_rate_label", "phase"], observed=True).size().rename("points").to_string())
     long = sweep.ddxr.to_frame(metrics=["olmes_9_average", "train_loss"], melt=True)
     path = plot_sweep(long, Path(out) / "lr_sweep.png")
     print(f"wrote {path}")
