@@ -4,9 +4,10 @@ netCDF-C/HDF5 crash on opening a file that is already open through other handles
 closed some of them (pydata/xarray#8289). Opening every file through one shared handle avoids the situation without
 reading the file into memory: variables are read from disk when used.
 
-A *version* of a file is its path with the device, inode, size and modification time found when it was opened.
-ddxr replaces cache files with ``os.replace``, so a rebuilt file is a new inode and gets a new handle, while Datasets
-opened before keep reading the old version through theirs (an unlinked file stays readable while it is open).
+A *version* of a file is its inode (device and inode number), which is also how HDF5 recognises a file it has open:
+two handles on one inode are exactly the situation that crashes. ddxr replaces cache files with ``os.replace``, so a
+rebuilt file is a new inode and gets a new handle, while Datasets opened before keep reading the old version through
+theirs (an unlinked file stays readable while it is open).
 
 A handle is closed when the last Dataset using it is closed or garbage-collected. Closing takes xarray's netCDF lock,
 so it never runs while another thread reads; a collection that happens while the lock is held (inside a read) leaves
@@ -19,7 +20,7 @@ import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import netCDF4
@@ -37,19 +38,21 @@ _UNCLOSED: list[netCDF4.Dataset] = []  # handles released while a read held the 
 
 @dataclass(frozen=True)
 class FileVersion:
-    """What identifies one version of a file: a file replaced under the same path is another version."""
+    """One version of a file, its inode: a file replaced under the same path is another version.
 
-    path: str
+    ``path`` is where it was found (to reopen it) and takes no part in comparisons: two paths to one inode (links)
+    are one file to HDF5, hence one handle.
+    """
+
+    path: str = field(compare=False)
     device: int
     inode: int
-    size: int
-    mtime_ns: int
 
     @classmethod
     def of(cls, path: str | Path) -> FileVersion:
         """The version of the file now at ``path`` (``OSError`` if there is none)."""
         status = os.stat(path)
-        return cls(os.path.abspath(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        return cls(os.path.abspath(path), status.st_dev, status.st_ino)
 
 
 class _Handle:

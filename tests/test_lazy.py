@@ -263,3 +263,15 @@ def test_decision_accuracy_on_dask_chunks_equals_the_eager_one(grid_file: Path, 
             result = analysis.decision_accuracy(chunked, metric, small, "1B", target_metric="arc_easy", seeds=seeds)
             assert result == expected
             assert result.n_recipes == 6 and 0.0 <= result.value <= 1.0
+
+
+def test_one_handle_per_inode_whatever_its_path_or_mtime(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    # HDF5 knows an open file by its inode: a second handle on the same inode is what crashed (pydata/xarray#8289)
+    link = written.with_name("link.nc")
+    os.link(written, link)
+    with open_dataset(written) as first:
+        os.utime(written, ns=(1, 1))  # touched: same inode, new mtime
+        with open_dataset(link) as second:
+            inode = written.stat().st_ino
+            assert [version.inode for version in ddxr.handles._OPEN].count(inode) == 1
+            xr.testing.assert_identical(second.load(), first.load())
