@@ -32,7 +32,9 @@ def to_zarr(
     Parameters
     ----------
     curves : xarray.Dataset
-        The curves Dataset (a ddxr Dataset, e.g. from :func:`ddxr.open_dataset`).
+        The curves Dataset (a ddxr Dataset, e.g. from :func:`ddxr.open_dataset`). Metrics are read variable by
+        variable as they are written, chunk by chunk when they are dask-backed: open a file larger than memory with
+        ``chunks=`` to copy it.
     runs : xarray.Dataset
         The runs table (dimension ``run``); written as group ``runs``. An empty Dataset is allowed.
     store : str or pathlib.Path
@@ -52,7 +54,7 @@ def to_zarr(
     CacheError
         If the store cannot be written.
     """
-    encoded_curves, encoded_runs = map(_variable_length_strings, encode(curves.load(), runs.load()))
+    encoded_curves, encoded_runs = map(_variable_length_strings, encode(curves, runs.load()))
     options = {"storage_options": dict(storage_options)} if storage_options else {}  # zarr refuses it on paths
     try:
         encoded_curves.to_zarr(

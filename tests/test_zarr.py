@@ -42,12 +42,16 @@ def test_round_trip_is_identical(example: tuple[xr.Dataset, xr.Dataset], tmp_pat
     xr.testing.assert_identical(ddxr.open_zarr_runs(store), runs)
 
 
-def test_store_of_an_opened_cache_file_equals_the_file(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
-    # the documented way to share a cache: open it, write it to object storage
+@pytest.mark.parametrize("chunks", [None, {}], ids=["lazy", "dask"])
+def test_store_of_an_opened_cache_file_equals_the_file(
+    example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path, chunks: dict | None
+) -> None:
+    # the documented way to share a cache: open it (with chunks= if larger than memory), write it to object storage
     path = ddxr.cache.write_dataset(*example, tmp_path / "cache.nc")
     store = memory_url()
-    with ddxr.open_dataset(path) as curves, ddxr.open_runs(path) as runs:
+    with ddxr.open_dataset(path, chunks=chunks) as curves, ddxr.open_runs(path) as runs:
         ddxr.to_zarr(curves, runs, store)
+        assert not curves["train_loss"].variable._in_memory  # written without loading the Dataset
         from_file = curves.sel(SWEEP).load()
     with ddxr.open_zarr(store) as shared:
         xr.testing.assert_identical(shared.sel(SWEEP).load(), from_file)
