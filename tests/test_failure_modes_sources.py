@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from ddxr.cli import main
 from ddxr.errors import InvalidArgumentError, SourceError
 from ddxr.facade import DataDecideNext
+from ddxr.managers.evaluations import EvaluationManager
 from ddxr.managers.naming import parse_model_paths, parse_run_names
 from ddxr.managers.progression import repair_token_restarts
 from ddxr.sources.datadecide import _parse_dicts, parse_metrics, read_datadecide
@@ -475,3 +476,17 @@ def test_fuzzed_run_names_and_model_paths_parse_without_crashing(texts):
     paths = parse_model_paths(names)
     assert len(paths) == len(texts)
     assert paths["kind"].isin(["hf_cache", "hf_repo", "output_dir", "missing"]).all()
+
+
+def test_deeply_nested_evaluation_entries_are_counted_skips():
+    entries = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "key": ["oe_eval_metrics/arc_challenge", "oe_eval_metrics/arc_challenge"],
+            "value": ['{"primary_score": ' + _DEEP + "}", '{"primary_score": 0.5}'],
+        }
+    )
+    values, issues = EvaluationManager().posttraining_evaluations(entries)
+    assert values.loc["r2", "arc_challenge"] == 0.5 and "r1" not in values.index
+    skipped = issues[issues["skipped"]]
+    assert skipped["run_id"].tolist() == ["r1"] and skipped["task"].tolist() == ["arc_challenge"]
