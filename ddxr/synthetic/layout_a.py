@@ -17,27 +17,25 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
 from ddxr.errors import DdxrError
 from ddxr.sources._sql import bulk_insert, parse_url
-from ddxr.sources.wandb_store import _history_rows, _run_rows
+from ddxr.sources.wandb_store import _JSON, RUN_TEXT_COLUMNS, _history_rows, _run_rows
 
 __all__ = ["DOWNLOADER_UTC_OFFSET", "merged_raw_data", "write_layout_a"]
 
 #: The downloading machine's clock (US Pacific daylight time): layout A's naive history timestamps are in it.
 DOWNLOADER_UTC_OFFSET = pd.Timedelta(hours=-7)
 
-_JSON = sa.JSON().with_variant(JSONB(), "postgresql")
-
 
 def _layout_a(kept: tuple[str, ...]) -> sa.MetaData:
+    """The layout-A tables as the older downloader created them, plus the ``kept`` JSON columns."""
     metadata = sa.MetaData()
     sa.Table(
         "wandb_runs",
         metadata,
         sa.Column("run_id", sa.Text, primary_key=True),
-        *(sa.Column(name, sa.Text) for name in ("run_name", "state", "project", "entity")),
+        *(sa.Column(name, sa.Text) for name in RUN_TEXT_COLUMNS[1:]),
         sa.Column("created_at", sa.DateTime),
         sa.Column("runtime", sa.Integer),
         sa.Column("raw_data", _JSON),
@@ -110,7 +108,7 @@ def write_layout_a(url: str, runs: pd.DataFrame, history: pd.DataFrame, *, keep_
     kept = ("wandb_metadata", "system_attrs") if keep_attributes else ()
     run_table = pa.table(
         {
-            **{name: rows.column(name) for name in ("run_id", "run_name", "state", "project", "entity", "created_at")},
+            **{name: rows.column(name) for name in (*RUN_TEXT_COLUMNS, "created_at")},
             "runtime": pa.array(np.zeros(rows.num_rows, np.int32)),
             "raw_data": pa.array(raw_data, pa.string()),
             **{name: rows.column(name) for name in kept},
