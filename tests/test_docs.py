@@ -17,15 +17,17 @@ MD_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)#\s]+)")
 
 
 def _tracked_text_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    """The repository's text files: git's list when this is a clone, else the tree minus build and cache folders."""
     suffixes = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml"}
-    return [ROOT / name for name in listed if Path(name).suffix in suffixes and (ROOT / name).is_file()]
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
+    if listed.returncode == 0:
+        paths = [ROOT / name for name in listed.stdout.split()]
+    else:  # an unpacked archive
+        skip = {".venv", ".git", "cache", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis"}
+        paths = [path for path in ROOT.rglob("*") if not skip & set(path.relative_to(ROOT).parts)]
+    return [path for path in paths if path.suffix in suffixes and path.is_file() and ".egg-info" not in str(path)]
 
 
 FILES = _tracked_text_files()
