@@ -90,7 +90,7 @@ def posttraining_frame(pretraining: pd.DataFrame, lineages: int, steps: int, rng
 
 
 def metric_attrs(task: str, metric: str, higher_is_better: bool) -> dict[str, object]:
-    """The attrs every metric variable carries (docs/dataset.md §2)."""
+    """Return the attrs every metric variable carries (docs/dataset.md §2)."""
     return {
         "long_name": f"{task} {metric}",
         "task": task,
@@ -101,7 +101,7 @@ def metric_attrs(task: str, metric: str, higher_is_better: bool) -> dict[str, ob
 
 
 def build(lineages: int, steps: int) -> tuple[xr.Dataset, xr.Dataset]:
-    """The curves and runs Datasets at benchmark scale."""
+    """Return the curves and runs Datasets at benchmark scale."""
     rng = np.random.default_rng(0)
     pretraining = pretraining_frame()
     frame = pd.concat([pretraining, posttraining_frame(pretraining, lineages, steps, rng)], ignore_index=True)
@@ -161,7 +161,7 @@ def timed(label: str, action: Callable[[], object], repeat: int = 3) -> object:
 
 
 def sweep(path: Path) -> pd.DataFrame:
-    """What a researcher does first: open, select one learning-rate sweep, export it."""
+    """Return what a researcher does first: open, select one learning-rate sweep, export it."""
     with open_dataset(path) as ds:
         return ds.sel(**SWEEP).to_dataframe()
 

@@ -115,7 +115,7 @@ class StageMeter:
 
 
 def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
-    """A cold build, stage by stage, then the write of its cache file."""
+    """Return a cold build, stage by stage, then the write of its cache file."""
     from ddxr.cache import write_dataset
     from ddxr.facade import DataDecideNext
 
@@ -196,7 +196,7 @@ def in_child(name: str, *arguments: str) -> dict:
 
 
 def datadecide_dir(layout: str) -> Path:
-    """The full-grid DataDecide files, generated on first use."""
+    """Return the full-grid DataDecide files, generated on first use."""
     from ddxr.sources.datadecide import DOWNSTREAM_FILE
     from ddxr.synthetic.pretraining import write_datadecide
 
@@ -264,7 +264,7 @@ class _Sink:
 
 
 def floor(url: str, run_ids: list[str]) -> dict:
-    """A bare COPY of exactly the history columns and rows the build reads, in the build's order."""
+    """Return a bare COPY of exactly the history columns and rows the build reads, in the build's order."""
     from ddxr.managers.progression import HISTORY_KEYS
 
     metrics = ", ".join(f"metrics->>'{key}'" for key in HISTORY_KEYS)
@@ -406,7 +406,7 @@ def run(scale: str, server: str, layout: str) -> dict:
 
 
 def aborted(scale: str, stored: tuple[int, int], layout: str, loads: list, build: dict) -> dict:
-    """The result of a build stopped above the RSS cap: its stages so far; nothing after it was measured."""
+    """Return the result of a build stopped above the RSS cap: its stages so far; nothing after it was measured."""
     return {
         "scale": scale,
         "runs": stored[0],

@@ -50,6 +50,8 @@ class DdxrAccessor:
         return analysis.rank_correlation(self._ds, metric, small, target=target, **kwargs)
 
     def posttraining_decision_accuracy(self, metric: str, **kwargs):
-        """Agreement of pretraining and post-training rankings; see
-        :func:`ddxr.analysis.posttraining_decision_accuracy`."""
+        """Agreement of pretraining and post-training rankings.
+
+        See :func:`ddxr.analysis.posttraining_decision_accuracy`.
+        """
         return analysis.posttraining_decision_accuracy(self._ds, metric, **kwargs)

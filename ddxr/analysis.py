@@ -68,12 +68,12 @@ def _batches(names: list[str], cells_per_metric: int) -> Iterator[list[str]]:
 
 
 def _float_dtype(ds: xr.Dataset, name: str) -> np.dtype:
-    """The variable's dtype if it can hold NaN (float32 metrics stay float32), else float64."""
+    """Return the variable's dtype if it can hold NaN (float32 metrics stay float32), else float64."""
     return np.result_type(ds[name].dtype, np.float32)
 
 
 def _higher_is_better(ds: xr.Dataset, name: str) -> bool:
-    """The ``higher_is_better`` attr of a metric, also as netCDF stores booleans (0/1 or "true"/"false")."""
+    """Return the ``higher_is_better`` attr of a metric, also as netCDF stores booleans (0/1 or "true"/"false")."""
     metric_names(ds, name)
     value = ds[name].attrs.get("higher_is_better")
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -87,7 +87,7 @@ def _higher_is_better(ds: xr.Dataset, name: str) -> bool:
 
 
 def _pretraining_only(points: pd.DataFrame) -> np.ndarray:
-    """Per point: does its lineage consist of pretraining points only?"""
+    """Tell per point whether its lineage consists of pretraining points only."""
     return points.groupby("lineage", sort=False)["pretraining_phase"].transform("all").to_numpy(dtype=bool)
 
 
@@ -171,7 +171,7 @@ def _interpolate(lineages: _Lineages, values: np.ndarray, queries: np.ndarray, m
 def _lineage_dataset(
     ds: xr.Dataset, table: pd.DataFrame, variables: dict[str, np.ndarray], dims: tuple[str, ...], coords: dict
 ) -> xr.Dataset:
-    """A Dataset along ``lineage`` with per-lineage coordinates; metrics keep their dtype and attrs."""
+    """Return a Dataset along ``lineage`` with per-lineage coordinates; metrics keep their dtype and attrs."""
     lineage_coords = {"lineage": ("lineage", table["lineage"].to_numpy(dtype=object))}
     lineage_coords |= {name: ("lineage", table[name].to_numpy(), ds[name].attrs) for name in _LINEAGE_COORDS}
     data_vars = {
@@ -181,7 +181,7 @@ def _lineage_dataset(
 
 
 def _point_dataset(ds: xr.Dataset, points: pd.DataFrame, variables: dict[str, np.ndarray]) -> xr.Dataset:
-    """A Dataset of the contract from point coordinates and metric arrays, with ``ds``'s index type and attrs."""
+    """Return a Dataset of the contract from point coordinates and metric arrays, with ``ds``'s index type and attrs."""
     index = pd.MultiIndex.from_frame(points[list(LEVELS)])
     template = ds.xindexes.get("point")
     index_type = type(template) if isinstance(template, PandasMultiIndex) else PandasMultiIndex
@@ -471,6 +471,7 @@ class RankingAgreement:
     dropped_recipes: tuple[str, ...]
 
     def __float__(self) -> float:
+        """Return the agreement value, so the result reads as a number."""
         return float(self.value)
 
 
@@ -689,7 +690,7 @@ def posttraining_decision_accuracy(
     aggregate: Literal["best", "mean"] = "best",
     data: Iterable[str] | None = None,
 ) -> RankingAgreement:
-    """Does the pretraining order of recipes survive post-training? Decision accuracy between the two.
+    """Measure whether the pretraining order of recipes survives post-training (decision accuracy between the two).
 
     For the post-training lineages of one size whose leaf run has ``run_type``, each recipe is scored twice:
     before, by the mean over its distinct base checkpoints of the pretraining final value (the base checkpoint's);

@@ -140,7 +140,7 @@ def open_runs(path: str | Path) -> xr.Dataset:
 
 
 def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
-    """The curves and the runs table as ddxr stores them, whatever the storage (netCDF here, zarr in ddxr.zarr_store).
+    """Return the curves and the runs table as ddxr stores them (netCDF here, zarr in ddxr.zarr_store).
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset
 
 
 def decode_curves(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
-    """The curves from what xarray read of a stored root group (:func:`encode`'s first result), on any storage.
+    """Return the curves from what xarray read of a stored root group (:func:`encode`'s first result), on any storage.
 
     Parameters
     ----------
@@ -191,7 +191,7 @@ def decode_curves(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
 
 
 def decode_runs(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
-    """The runs table, in memory, from what xarray read of a stored runs group; see :func:`decode_curves`."""
+    """Return the runs table, in memory, from what xarray read of a stored runs group; see :func:`decode_curves`."""
     _check_schema(raw, where)
     try:
         runs = _decode_indexes(_decode_attrs_of(_decode_booleans(raw.load())))
@@ -280,7 +280,7 @@ def cached_build(
 
 
 def _checked_curves(curves: xr.Dataset) -> xr.Dataset:
-    """The curves with a clean ddxr index, after checking the Dataset contract the file format relies on."""
+    """Return the curves with a clean ddxr index, after checking the Dataset contract the file format relies on."""
     validate_dataset(curves)
     curves = set_ddxr_index(curves.drop_encoding())  # drops unused level values
     _check_strings(curves, "curves")
@@ -349,7 +349,7 @@ def _encode_booleans(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _decode_booleans(ds: xr.Dataset) -> xr.Dataset:
-    """Flagged int8 variables back to booleans, in memory (used for the small runs table)."""
+    """Decode flagged int8 variables back to booleans, in memory (used for the small runs table)."""
     flagged = [name for name, variable in ds.variables.items() if _BOOLEAN_ATTR in variable.attrs]
     for name in flagged:
         variable = ds.variables[name]
@@ -373,7 +373,7 @@ def _encode_attrs_of(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _encode_attrs(attrs: Mapping[Hashable, Any], owner: str) -> dict[Hashable, Any]:
-    """netCDF keeps str, numbers and numeric arrays; anything else (dict, list, bool, None) goes as JSON text."""
+    """Encode attrs for netCDF: str, numbers and numeric arrays stay; dict, list, bool and None go as JSON text."""
 
     def native(value: Any) -> bool:
         is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
@@ -390,7 +390,7 @@ def _encode_attrs(attrs: Mapping[Hashable, Any], owner: str) -> dict[Hashable, A
 
 
 def _encodings(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
-    """zlib + shuffle on numeric variables; points chunked so a sweep decompresses only its neighbourhood."""
+    """Return encodings: zlib + shuffle on numeric variables, points chunked so a sweep reads only its neighbourhood."""
     encodings: dict[Hashable, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
         if variable.dtype.kind not in "biufM" or variable.size == 0:

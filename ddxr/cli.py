@@ -217,7 +217,7 @@ def command_load(args: argparse.Namespace) -> None:
 
 
 def _sqlite_file(url: str) -> list[str]:
-    """The database file of a ``sqlite:///`` URL (an input --out must not replace); none for other stores."""
+    """Return the database file of a ``sqlite:///`` URL (an input --out must not replace); none for other stores."""
     prefix = "sqlite:///"
     return [url.removeprefix(prefix).split("?", 1)[0]] if url.startswith(prefix) else []
 
@@ -245,7 +245,7 @@ def command_export(args: argparse.Namespace) -> None:
 
 
 def _open_file(path: str | Path) -> tuple[xr.Dataset, xr.Dataset]:
-    """The curves and runs of a ddxr file named on the command line."""
+    """Return the curves and runs of a ddxr file named on the command line."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file; check the path, or write one with ddxr build --out {path}")
@@ -307,7 +307,7 @@ def command_plot(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- summaries
 def summary(curves: xr.Dataset, runs: xr.Dataset, provenance: bool = False) -> str:
-    """A human-readable description of a built dataset."""
+    """Return a human-readable description of a built dataset."""
     point_index = curves.indexes["point"]
     lines = [
         f"points: {curves.sizes['point']:,}   lineages: {point_index.get_level_values('lineage').nunique():,}   "
@@ -349,7 +349,7 @@ def _short(value) -> str:
 
 
 def _format_report(report: dict, indent: str = "  ") -> str:
-    """The build report as indented lines; each count is followed by the run ids behind it, one per line."""
+    """Return the build report as indented lines; each count is followed by the run ids behind it, one per line."""
     lines = []
     for key, value in report.items():
         if key.endswith("_run_ids") and key.removesuffix("_run_ids") in report:
@@ -369,7 +369,7 @@ def _format_report(report: dict, indent: str = "  ") -> str:
 
 # ---------------------------------------------------------------------- entry point
 def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``ddxr`` command."""
+    """Return the argument parser of the ``ddxr`` command."""
     parser = argparse.ArgumentParser(prog="ddxr", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -455,7 +455,7 @@ CLI_SPELLINGS = (
 
 
 def cli_message(error: BaseException) -> str:
-    """An error's message as the command shows it: one line, remedies spelled as command-line flags."""
+    """Return an error's message as the command shows it: one line, remedies spelled as command-line flags."""
     message = " ".join(str(error).split())
     for python, command in CLI_SPELLINGS:
         message = message.replace(python, command)

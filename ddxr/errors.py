@@ -40,7 +40,7 @@ class SelectionError(DdxrError, KeyError):
     """A label selection names an unknown level or matches nothing it must match."""
 
     def __str__(self) -> str:
-        # KeyError would show the message in quotes; the message is prose, not a key
+        """Return the message as written (KeyError would quote it; it is prose, not a key)."""
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 

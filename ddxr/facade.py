@@ -129,8 +129,11 @@ class DataDecideNext:
 
     @cached_property
     def _history(self) -> HistoryRead:
-        """History of the linked runs: runs whose history is unchanged since the last build come from the stage
-        cache, the others from the store; values that were neither numbers nor NaN are counted for the report."""
+        """Read the history of the linked runs.
+
+        Runs whose history is unchanged since the last build come from the stage cache, the others from the store;
+        values that were neither numbers nor NaN are counted for the report.
+        """
         links = self.relationships.links
         linked = links.loc[links["link_status"] == "linked", "run_id"].tolist()
 
@@ -181,7 +184,7 @@ class DataDecideNext:
         return self.cache_dir / f"ddxr-{self.fingerprint()}.nc"
 
     def build_stages(self) -> list[tuple[str, Callable[[], object]]]:
-        """The steps of :meth:`build` in order, as ``(label, step)``; the last step returns ``(curves, runs)``.
+        """Return the steps of :meth:`build` in order, as ``(label, step)``; the last step returns ``(curves, runs)``.
 
         Each step computes what the next ones use (and keeps it), so running them one by one (a benchmark timing
         each) does exactly what :meth:`build` does.
@@ -196,8 +199,10 @@ class DataDecideNext:
         ]
 
     def build(self) -> tuple[xr.Dataset, xr.Dataset]:
-        """Build the curves and runs Datasets from the sources, bypassing the cache file (not the stage caches:
-        they are keyed by the sources they hold, see :mod:`ddxr.stage_cache`)."""
+        """Build the curves and runs Datasets from the sources, bypassing the cache file.
+
+        The stage caches are still used: they are keyed by the sources they hold (see :mod:`ddxr.stage_cache`).
+        """
         stages = self.build_stages()
         with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
             for label, stage in stages:
@@ -230,7 +235,7 @@ class DataDecideNext:
         return table
 
     def build_report(self) -> dict:
-        """What the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
+        """Return what the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
         training = self.training  # reads the history, which counts its unreadable values
         orphans = self.wandb.orphan_history_rows()  # history no run row claims: in no lineage, so counted here
         links = self.relationships.links
@@ -298,7 +303,7 @@ class DataDecideNext:
         return path
 
     def dataset(self, refresh: bool = False) -> xr.Dataset:
-        """The curves Dataset: opened from the cache when the sources are unchanged, else built and cached.
+        """Return the curves Dataset: opened from the cache when the sources are unchanged, else built and cached.
 
         Parameters
         ----------
@@ -309,7 +314,7 @@ class DataDecideNext:
         return curves
 
     def runs(self, refresh: bool = False) -> xr.Dataset:
-        """The runs Dataset (dim ``run``), from the same cache file as :meth:`dataset`."""
+        """Return the runs Dataset (dim ``run``), from the same cache file as :meth:`dataset`."""
         _, runs = cached_build(self._current_cache_path(), self.build, refresh=refresh)
         return runs
 
@@ -354,7 +359,7 @@ class DataDecideNext:
 
 
 def _run_ids(run_ids: pd.Series) -> list[str]:
-    """The first ``REPORT_RUN_IDS`` distinct run ids, sorted: what the build report lists after a count."""
+    """Return the first ``REPORT_RUN_IDS`` distinct run ids, sorted: what the build report lists after a count."""
     return sorted(pd.unique(run_ids.astype(str)))[:REPORT_RUN_IDS]
 
 

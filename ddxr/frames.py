@@ -243,7 +243,7 @@ def run_learning_rates(points: pd.DataFrame, runs: xr.Dataset | None = None) -> 
 
 
 def _segments(points: pd.DataFrame, layout: np.ndarray) -> pd.DataFrame:
-    """The runs of each lineage along ``layout`` (positions of ``points`` in segment order), one row each.
+    """Return the runs of each lineage along ``layout`` (positions of ``points`` in segment order), one row each.
 
     Columns: the first and last index into ``layout``, the segment's ``lineage``, ``run_id``, ``run_type``,
     ``params``, ``data``, ``seed``; ``anchor``, the position in ``points`` of the point the segment starts from (the
@@ -271,7 +271,7 @@ def _segments(points: pd.DataFrame, layout: np.ndarray) -> pd.DataFrame:
 
 
 def _shared_layout(points: pd.DataFrame, layout: np.ndarray, copied: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """The layout and segments of ``prefix="shared"``: every point once, in the segment of the run that produced it.
+    """Return the layout and segments of ``prefix="shared"``: every point once, in the segment of its own run.
 
     A point several lineages hold (the pretraining prefix, an SFT run continued by DPO) is kept once, preferring the
     copy in the run's own lineage; each segment is then one run, named by its ``run_id`` as lineage, with the anchor
@@ -318,7 +318,7 @@ def _rate_names(rates: pd.Series) -> pd.Series:
 
 
 def curve_names(segments: pd.DataFrame, rates: pd.Series) -> pd.Series:
-    """A readable name per segment, unique per (lineage, run_id) segment.
+    """Return a readable name per segment, unique per (lineage, run_id) segment.
 
     ``pretraining seed 0``, ``SFT lr=1e-05``, ``DPO lr=1e-06 ← SFT lr=1e-05``; prefixed with params and data when the
     segments span several; qualified with the base (``from seed 0 step 5725``) where two runs would share a name,
@@ -362,7 +362,7 @@ def curve_names(segments: pd.DataFrame, rates: pd.Series) -> pd.Series:
 
 
 def _rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
-    """Some rows of the identity columns; categories no row uses any more are dropped (legends show no ghosts)."""
+    """Return some rows of the identity columns, dropping categories no row uses (legends show no ghosts)."""
     rows = frame.iloc[positions].reset_index(drop=True)
     for name in ("params", "learning_rate_label", "curve"):
         rows[name] = rows[name].cat.remove_unused_categories()
@@ -405,7 +405,7 @@ def _wide(identity: pd.DataFrame, names: list[str], values: np.ndarray, dropna: 
 def _drawn_points(
     ds: xr.Dataset, prefix: str = "shared", runs: xr.Dataset | None = None
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The identity columns of :func:`to_frame`, one row per drawn point, and the Dataset position of each row.
+    """Return the identity columns of :func:`to_frame`, one row per drawn point, and the Dataset position of each row.
 
     Parameters
     ----------

@@ -50,7 +50,7 @@ class FileVersion:
 
     @classmethod
     def of(cls, path: str | Path) -> FileVersion:
-        """The version of the file now at ``path`` (``OSError`` if there is none)."""
+        """Return the version of the file now at ``path`` (``OSError`` if there is none)."""
         status = os.stat(path)
         return cls(os.path.abspath(path), status.st_dev, status.st_ino)
 
@@ -79,29 +79,35 @@ class SharedFileManager(FileManager):
         self._handle = handle
 
     def acquire(self, needs_lock: bool = True) -> netCDF4.Dataset:
+        """Return the shared open file (opened on first use)."""
         if self._handle is None:  # xarray reads with needs_lock=False while holding the netCDF lock
             self._handle = _shared_handle(self.version, needs_lock)
         return self._handle.dataset
 
     @contextmanager
     def acquire_context(self, needs_lock: bool = True) -> Iterator[netCDF4.Dataset]:
+        """Yield the shared open file."""
         yield self.acquire(needs_lock)
 
     def close(self, needs_lock: bool = True) -> None:
+        """Drop this manager's reference to the shared file."""
         self._handle = None
 
     def __getstate__(self) -> FileVersion:
+        """Pickle the file version only (for dask workers), never an open handle."""
         return self.version
 
     def __setstate__(self, version: FileVersion) -> None:
+        """Rebuild the manager from its file version."""
         self.__init__(version)
 
     def __repr__(self) -> str:
+        """Show the file path and inode."""
         return f"{type(self).__name__}({self.version.path!r}, inode={self.version.inode})"
 
 
 def open_shared(path: str | Path) -> SharedFileManager:
-    """A manager over the shared handle of the file now at ``path``, opening it if no Dataset uses it yet.
+    """Return a manager over the shared handle of the file now at ``path``, opening it if no Dataset uses it yet.
 
     Parameters
     ----------
@@ -132,7 +138,7 @@ def open_shared(path: str | Path) -> SharedFileManager:
 
 
 def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = True) -> _Handle:
-    """The open handle of ``version``, opened now if no Dataset holds it.
+    """Return the open handle of ``version``, opened now if no Dataset holds it.
 
     ``needs_lock``: False when the caller holds the netCDF lock already. ``check``: the file at the path must still
     be ``version`` (a reopen after ``close()``).

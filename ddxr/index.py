@@ -86,6 +86,8 @@ class DdxrIndex(PandasMultiIndex):
         return cls(_without_unused_levels(index), POINT_DIM, level_coords_dtype=dtypes)
 
     def sel(self, labels: dict[Any, Any], method: str | None = None, tolerance: Any = None) -> IndexSelResult:
+        """Select points by lists, slices or scalars on any level (one boolean mask, see :meth:`mask`)."""
+        """Select points by lists, slices or scalars on any level (one boolean mask, see :meth:`mask`)."""
         if not set(labels) <= set(self.index.names):  # labels for the `point` dimension itself: stock behaviour
             if method is not None or tolerance is not None:
                 raise SelectionError(f"method={method!r}/tolerance= apply to levels {LEVELS}, not to {POINT_DIM!r}")
@@ -93,6 +95,8 @@ class DdxrIndex(PandasMultiIndex):
         return IndexSelResult({self.dim: np.flatnonzero(self.mask(labels, method=method, tolerance=tolerance))})
 
     def isel(self, indexers: Mapping[Any, Any]) -> PandasMultiIndex | None:
+        """Select points by position, keeping ddxr's index type."""
+        """Select points by position, keeping ddxr's index type."""
         new = super().isel(indexers)
         if isinstance(new, PandasMultiIndex) and new is not self:
             # a subset should not advertise level values that no point of it carries

@@ -24,7 +24,7 @@ _PHASE_NAMES = {"supervised_ft": "SFT", "dpo": "DPO"}
 
 
 def categorical_colours(labels: Sequence[str]) -> dict[str, Any]:
-    """A distinct colour per label, in order: tab10 for up to 9 labels, tab20 up to 18, then evenly spaced hues.
+    """Return a distinct colour per label, in order: tab10 for up to 9 labels, tab20 up to 18, then evenly spaced hues.
 
     Qualitative palettes keep neighbours apart (a sequential map makes the 9th of 12 learning rates look like the
     10th); beyond 20 labels hues are spread over ``hsv`` with alternating lightness.
@@ -94,7 +94,7 @@ def tokens_since_base(frame: pd.DataFrame) -> pd.Series:
 def plot_sweep(
     frame: pd.DataFrame, path: str | Path, metrics: Sequence[str] = SWEEP_METRICS, title: str | None = None
 ) -> Path:
-    """A learning-rate sweep: pretraining and every post-training run at once, one row of panels per metric.
+    """Return a learning-rate sweep: pretraining and every post-training run at once, one row of panels per metric.
 
     Left, the whole lineage over cumulative tokens (pretraining curves in greys); right, the post-training segments
     over the tokens seen since the base checkpoint on a symmetric-log axis, so short and long runs both show and each

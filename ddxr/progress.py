@@ -22,7 +22,7 @@ def progress_bar(
     nested: bool = False,
     stream: IO[str] | None = None,
 ) -> Any:
-    """A progress bar for ``iterable`` (or for manual :meth:`update` calls when ``iterable`` is None).
+    """Return a progress bar for ``iterable`` (or for manual :meth:`update` calls when ``iterable`` is None).
 
     Parameters
     ----------
@@ -95,14 +95,19 @@ class StepLines:
         self.postfix = ""
 
     def __iter__(self) -> Iterator:
+        """Yield the items, printing a line after each."""
+        """Yield the items, printing a line after each."""
         for item in self.iterable or ():
             yield item
             self.update()
 
     def __enter__(self) -> StepLines:
+        """Return the bar itself."""
+        """Return the bar itself."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the bar, also on error."""
         self.close()
 
     def set_postfix_str(self, text: str) -> None:

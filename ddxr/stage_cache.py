@@ -94,7 +94,7 @@ class StageCache:
         return self.folder / f"datadecide-{key}.nc"
 
     def datadecide(self, source: PretrainingSource) -> PretrainingEvals:
-        """The parsed DataDecide table: from the stage file when the files are unchanged, else parsed and kept.
+        """Return the parsed DataDecide table: from the stage file when the files are unchanged, else parsed and kept.
 
         Raises
         ------
@@ -186,8 +186,11 @@ def _stage_metadata(path: Path) -> tuple[pa.Table, dict]:
 
 
 def _write_evals(evals: PretrainingEvals, path: Path) -> None:
-    """The table as netCDF: its float64 columns as one 2-D variable (one write, not one per column: the full grid has
-    ≈1,900 metric columns), the other columns as 1-D variables, the skips and source as JSON attributes."""
+    """Return the table as netCDF.
+
+    Its float64 columns become one 2-D variable (one write, not one per column: the full grid has ≈1,900 metric
+    columns), the other columns 1-D variables, the skips and source JSON attributes.
+    """
     table = evals.table
     floats = [name for name in table.columns if table[name].dtype == np.float64]
     others = [name for name in table.columns if name not in floats]
@@ -225,7 +228,7 @@ def _read_evals(path: Path) -> PretrainingEvals:
 
 
 def _history_table(read: HistoryRead, snapshot: pd.DataFrame) -> pa.Table:
-    """The history with the snapshot of the runs it holds (runs read partly, mid-write, are re-read next time)."""
+    """Return the history with the snapshot of its runs (runs read partly, mid-write, are re-read next time)."""
     held = snapshot[snapshot["run_id"].isin(read.frame["run_id"].cat.categories)]
     table = pa.Table.from_pandas(read.frame, preserve_index=False)
     content = {
@@ -236,8 +239,11 @@ def _history_table(read: HistoryRead, snapshot: pd.DataFrame) -> pa.Table:
 
 
 def _read_history(path: Path, snapshot: pd.DataFrame, dtype: pd.CategoricalDtype) -> HistoryRead | None:
-    """The cached rows of the runs whose snapshot is unchanged and that are still wanted, or None when the cache
-    cannot be used (no file, or non-numeric values were counted, which cannot be attributed to runs)."""
+    """Return the cached rows of the runs whose snapshot is unchanged and that are still wanted.
+
+    None when the cache cannot be used (no file, or non-numeric values were counted, which cannot be attributed to
+    runs).
+    """
     if not path.is_file():
         return None
     table, content = _stage_metadata(path)

@@ -208,12 +208,12 @@ PPL_SETS = (
 
 
 def ppl_variable(ppl_set: str) -> str:
-    """ddxr variable name of a perplexity set (``dolma_common-crawl`` → ``dolma_common_crawl_valppl``)."""
+    """Return the ddxr variable name of a perplexity set (``dolma_common-crawl`` → ``dolma_common_crawl_valppl``)."""
     return ppl_set.replace("-", "_") + "_valppl"
 
 
 def metric_variable(task: str, metric: str) -> str:
-    """ddxr variable name of a task metric: the task name for its primary score, else ``<task>_<metric>``."""
+    """Return the ddxr variable name of a task metric: the task name for its primary score, else ``<task>_<metric>``."""
     if metric in ("primary_metric", "primary_score"):
         return task
     return f"{task}_{metric}"

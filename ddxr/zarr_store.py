@@ -133,8 +133,10 @@ def _open(store: str | Path, group: str | None, chunks: Any, storage_options: Ma
 
 
 def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
-    """Fixed-width numpy strings (as a netCDF file gives them back) as Python strings: zarr v3 specifies a stable
-    type for variable-length strings only."""
+    """Turn fixed-width numpy strings (as a netCDF file gives them back) into Python strings.
+
+    zarr v3 specifies a stable type for variable-length strings only.
+    """
     fixed = {name: ds[name].astype(object) for name, variable in ds.variables.items() if variable.dtype.kind == "U"}
     coords = {name: value for name, value in fixed.items() if name in ds.coords}
     return ds.assign_coords(coords).assign({name: value for name, value in fixed.items() if name not in coords})

@@ -24,7 +24,7 @@ OUT = Path("cache/examples")
 
 
 def demo_sources(out: Path = OUT) -> tuple[Path, str]:
-    """The demo sources under ``out/sources``, generated on first use.
+    """Return the demo sources under ``out/sources``, generated on first use.
 
     Generation writes to a temporary folder renamed into place under a file lock, so an interrupted run or two
     examples started together never leave half-written sources behind.
@@ -57,7 +57,7 @@ def demo_sources(out: Path = OUT) -> tuple[Path, str]:
 
 
 def demo_next(out: Path = OUT) -> DataDecideNext:
-    """A :class:`ddxr.DataDecideNext` on the demo sources, caching under ``out/cache``, without progress bars."""
+    """Return a :class:`ddxr.DataDecideNext` on the demo sources, caching under ``out/cache``, without progress bars."""
     data_dir, store_url = demo_sources(out)
     return DataDecideNext(data_dir, store_url, cache_dir=Path(out) / "cache", progress=False)
 

@@ -1,4 +1,4 @@
-"""Decision accuracy vs compute: how early, and how small, does the recipe ranking match the 1B ranking?
+"""Decision accuracy vs compute: how early, and how small, the recipe ranking matches the 1B ranking.
 
 For each smaller size (4M, 20M, 150M, 530M) and the checkpoints nearest to 25, 50, 75 and 100 % of its training,
 the recipes are ranked by their seed-mean olmes_9_average at that checkpoint and compared pair by pair with their

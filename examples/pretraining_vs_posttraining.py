@@ -108,7 +108,7 @@ def rank_flips(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def pick_size(scores: pd.DataFrame) -> str:
-    """The size with the most recipes scored in both phases; the larger size on a tie."""
+    """Return the size with the most recipes scored in both phases; the larger size on a tie."""
     counts = scores.groupby("params", observed=True).size()  # categories in numeric order: the last max is larger
     return str(counts.index[len(counts) - 1 - counts.to_numpy()[::-1].argmax()])
 

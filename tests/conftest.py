@@ -26,7 +26,7 @@ def _admin_connection():
 
 @pytest.fixture(scope="session")
 def make_pg_url() -> Iterator[Callable[[], str]]:
-    """Factory of fresh, empty PostgreSQL databases; every one is dropped when the session ends."""
+    """Return factory of fresh, empty PostgreSQL databases; every one is dropped when the session ends."""
     created: list[str] = []
     admin = _admin_connection()
 
@@ -58,7 +58,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def store_url(request: pytest.FixtureRequest) -> str:
-    """A fresh empty store URL, once on PostgreSQL and once on SQLite."""
+    """Return a fresh empty store URL, once on PostgreSQL and once on SQLite."""
     if request.param == "postgresql":
         return request.getfixturevalue("pg_url")
     return request.getfixturevalue("sqlite_url")

@@ -66,7 +66,7 @@ _SFT_TOKENS_PER_STEP, _DPO_TOKENS_PER_STEP = 262_144.0, 99_712.0
 
 
 def example_datasets() -> tuple[xr.Dataset, xr.Dataset]:
-    """A small valid ``(curves, runs)`` pair following docs/dataset.md §2.
+    """Return a small valid ``(curves, runs)`` pair following docs/dataset.md §2.
 
     Four pretraining-only lineages (4M and 150M on two recipes, one with a ``/`` in its name), three supervised
     finetuning lineages from 150M/Dolma1.7 step 6250 (learning rates 1e-5, 3e-5, 1e-4) and one DPO lineage on the
@@ -225,8 +225,11 @@ attrs_dicts = st.dictionaries(st.sampled_from(_ATTR_KEYS), _ATTR_VALUES, max_siz
 
 @st.composite
 def curves_datasets(draw: st.DrawFn, max_points: int = 25) -> xr.Dataset:
-    """Valid curves Datasets: level values drawn from small pools (so points share them), random NaN-holed float32
-    metrics, unique (lineage, run_id, step), random JSON-like attrs, and the provenance attrs."""
+    """Return valid curves Datasets.
+
+    Level values drawn from small pools (so points share them), random NaN-holed float32 metrics, unique
+    (lineage, run_id, step), random JSON-like attrs, and the provenance attrs.
+    """
     n = draw(st.integers(1, max_points))
 
     def column(pool: tuple) -> list:

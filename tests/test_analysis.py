@@ -40,7 +40,7 @@ NAN = np.nan
 
 
 def dataset(rows: pd.DataFrame, index_type: type[PandasMultiIndex] = PandasMultiIndex) -> xr.Dataset:
-    """A ddxr Dataset from one row per point: the point coordinates plus metric columns named in HIGHER_IS_BETTER."""
+    """Return a ddxr Dataset from one row per point: point coordinates plus metric columns of HIGHER_IS_BETTER."""
     coords = xr.Coordinates.from_xindex(index_type(pd.MultiIndex.from_frame(rows[LEVELS]), "point"))
     metrics = {
         name: ("point", rows[name].to_numpy(np.float32), {"higher_is_better": better, "long_name": name})
@@ -52,7 +52,7 @@ def dataset(rows: pd.DataFrame, index_type: type[PandasMultiIndex] = PandasMulti
 
 
 def with_attrs(ds: xr.Dataset, name: str, **attrs: object) -> xr.Dataset:
-    """A shallow copy of ``ds`` whose variable ``name`` has some attrs replaced (None removes one)."""
+    """Return a shallow copy of ``ds`` whose variable ``name`` has some attrs replaced (None removes one)."""
     copy = ds.copy()
     copy[name].attrs = {key: value for key, value in {**ds[name].attrs, **attrs}.items() if value is not None}
     return copy
@@ -85,7 +85,7 @@ def pretraining(params: str, data: str, seed: int, steps, **metrics) -> pd.DataF
 def posttraining(
     parent: pd.DataFrame, run_id: str, learning_rate: float, steps, run_type: str = "supervised_ft", **metrics
 ) -> pd.DataFrame:
-    """A post-training lineage: ``parent``'s points (renamed) followed by the run's own, 1e6 tokens per step."""
+    """Return a post-training lineage: ``parent``'s points (renamed) followed by the run's own, 1e6 tokens per step."""
     steps = np.asarray(steps, dtype=np.int64)
     first = parent.iloc[-1]
     tokens = first["cumulative_tokens"] + steps * 1e6

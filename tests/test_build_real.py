@@ -147,7 +147,7 @@ def end_of_run_scores(curves) -> pd.DataFrame:
 
 
 def without_provenance(ds: xr.Dataset) -> xr.Dataset:
-    """The Dataset without the attributes saying where and when it was built (they differ between stores)."""
+    """Return the Dataset without the attributes saying where and when it was built (they differ between stores)."""
     kept = {key: value for key, value in ds.attrs.items() if key not in ("sources", "fingerprint", "created")}
     return ds.drop_attrs(deep=False).assign_attrs(kept)
 

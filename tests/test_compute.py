@@ -19,7 +19,7 @@ KEYS = [*MODEL, "step"]
 
 @pytest.fixture(scope="module")
 def grid() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The generator's full checkpoint grid (14 sizes × 25 recipes × every seed), one task to keep it cheap.
+    """Return the generator's full checkpoint grid (14 sizes × 25 recipes × every seed), one task to keep it cheap.
 
     The downstream rows of every model's last checkpoint but one are dropped as well, so every size has
     perplexity-only checkpoints (the generator itself has them for 4M only).

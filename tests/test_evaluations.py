@@ -46,7 +46,7 @@ NINE = list(OLMES_TASKS)
 # ---------------------------------------------------------------------- fixtures and helpers
 @pytest.fixture(scope="module")
 def summaries(real_samples: Path) -> dict[str, dict]:
-    """Decoded W&B summary of every real run."""
+    """Return decoded W&B summary of every real run."""
     runs = pd.read_parquet(real_samples / "wandb_runs_sample.parquet")
     return dict(zip(runs["run_id"], runs["summary"].map(json.loads), strict=True))
 
@@ -60,7 +60,7 @@ def entries(summaries: dict[str, dict]) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def run6(entries: pd.DataFrame) -> pd.DataFrame:
-    """The oe_eval entries of the matched 530M run only."""
+    """Return the oe_eval entries of the matched 530M run only."""
     return entries[(entries["run_id"] == RUN_IDS[6]) & entries["key"].str.startswith("oe_eval_metrics/")]
 
 
@@ -72,7 +72,7 @@ def clean6(run6: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def pretraining_table(real_samples: Path) -> pd.DataFrame:
-    """The real full_eval rows renamed to ddxr names, as ``read_datadecide(...).table`` gives them."""
+    """Return the real full_eval rows renamed to ddxr names, as ``read_datadecide(...).table`` gives them."""
     return pd.read_parquet(real_samples / "pretrain_metrics_sample.parquet").rename(columns=_ddxr_name)
 
 
@@ -85,7 +85,7 @@ def _ddxr_name(column: str) -> str:
 
 
 def _replace(frame: pd.DataFrame, key: str, value: str) -> pd.DataFrame:
-    """A copy of ``frame`` with the JSON text of ``key`` replaced."""
+    """Return a copy of ``frame`` with the JSON text of ``key`` replaced."""
     return frame.assign(value=frame["value"].mask(frame["key"] == key, value))
 
 

@@ -40,13 +40,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def out(workdir: Path) -> Path:
-    """The examples' output folder as the scripts see it from ``workdir``."""
+    """Return the examples' output folder as the scripts see it from ``workdir``."""
     return workdir / "cache" / "examples"
 
 
 @pytest.fixture(scope="module")
 def modules() -> Iterator[dict[str, ModuleType]]:
-    """The example modules and ``_demo``, imported from ``examples/`` as the scripts import ``_demo``."""
+    """Return the example modules and ``_demo``, imported from ``examples/`` as the scripts import ``_demo``."""
     names = ("_demo", *SCRIPTS)
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(EXAMPLES))
@@ -57,12 +57,12 @@ def modules() -> Iterator[dict[str, ModuleType]]:
 
 @pytest.fixture(scope="module")
 def demo(modules: dict[str, ModuleType], out: Path) -> xr.Dataset:
-    """The demo Dataset the examples plot (built on first use, shared with the script runs)."""
+    """Return the demo Dataset the examples plot (built on first use, shared with the script runs)."""
     return modules["_demo"].demo_next(out).dataset()
 
 
 def assert_png(path: Path, min_width: int = 600, min_height: int = 400) -> None:
-    """A complete PNG of a drawn figure: signature, size, decodable, neither blank nor solid, with data drawn."""
+    """Return a complete PNG of a drawn figure: signature, size, decodable, neither blank nor solid, with data drawn."""
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
     width, height = struct.unpack(">II", data[16:24])  # IHDR, the first chunk

@@ -1,5 +1,8 @@
-"""Failure modes of the ``ddxr`` command (issue 10): no destroyed files, atomic exports, selections that mean what
-they say, messages that name command-line flags. One test per class of bad input or fault."""
+"""Failure modes of the ``ddxr`` command (issue 10).
+
+No destroyed files, atomic exports, selections that mean what they say, messages that name command-line flags.
+One test per class of bad input or fault.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ddxr file of two lineages (one pretraining base finetuned once), written by ddxr."""
+    """Return a ddxr file of two lineages (one pretraining base finetuned once), written by ddxr."""
     steps = np.arange(4)
     points = pd.DataFrame(
         {
@@ -59,7 +62,7 @@ def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """The command's stderr, checked to be one line with no traceback and no Python spellings."""
+    """Return the command's stderr, checked to be one line with no traceback and no Python spellings."""
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not [word for word in PYTHON_INTERNALS if word in err], err

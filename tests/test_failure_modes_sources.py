@@ -1,5 +1,8 @@
-"""Failure modes of the data layer (issue 10): every class of bad source input gets a ddxr error naming where it is
-and what to do, or a counted skip in the build report — never a lost run, a leaked secret or a bare traceback."""
+"""Failure modes of the data layer (issue 10).
+
+Every class of bad source input gets a ddxr error naming where it is and what to do, or a counted skip in the
+build report — never a lost run, a leaked secret or a bare traceback.
+"""
 
 from __future__ import annotations
 
@@ -447,7 +450,7 @@ def test_fuzzed_metrics_cells_give_values_or_counted_problems(texts):
 
 
 def _only_missing_values(text: str) -> bool:
-    """A dict literal all of whose values are None or nan (legitimately NaN, no problem to count)."""
+    """Return a dict literal all of whose values are None or nan (legitimately NaN, no problem to count)."""
     try:
         parsed = ast.literal_eval(text.replace("nan", "None"))
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -64,7 +64,7 @@ DTYPES = {
 
 
 def dataset(rows: pd.DataFrame) -> xr.Dataset:
-    """A ddxr Dataset from one row per point (point coordinates and METRICS columns), metrics as float32."""
+    """Return a ddxr Dataset from one row per point (point coordinates and METRICS columns), metrics as float32."""
     coords = xr.Coordinates.from_pandas_multiindex(pd.MultiIndex.from_frame(rows[list(LEVELS)]), "point")
     ds = xr.Dataset({name: ("point", rows[name].to_numpy(np.float32)) for name in METRICS}, coords=coords)
     return ds.assign_coords({name: ("point", rows[name].to_numpy()) for name in POINT_COORDS if name not in LEVELS})
@@ -99,7 +99,7 @@ def lineage(
 
 
 def only(ds: xr.Dataset, **labels: str) -> xr.Dataset:
-    """The points whose coordinates equal ``labels``, every level kept."""
+    """Return the points whose coordinates equal ``labels``, every level kept."""
     return ds.isel(point=np.logical_and.reduce([(ds[name] == value).to_numpy() for name, value in labels.items()]))
 
 
@@ -160,12 +160,12 @@ def check_identity_columns(frame: pd.DataFrame, ds: xr.Dataset) -> None:
 
 
 def drawn_segments(frame: pd.DataFrame) -> list[pd.DataFrame]:
-    """The rows of each drawn segment (one ``curve``) of each metric of a long frame."""
+    """Return the rows of each drawn segment (one ``curve``) of each metric of a long frame."""
     return [rows for _, rows in frame.groupby(["metric", "curve"], observed=True)]
 
 
 def check_segments(frame: pd.DataFrame, prefix: str) -> None:
-    """The issue's contract of drawn segments, on a long frame."""
+    """Return the issue's contract of drawn segments, on a long frame."""
     for rows in drawn_segments(frame):
         # one true line: tokens strictly increase, one lineage, one run besides the anchor, anchor first
         assert (np.diff(rows["cumulative_tokens"].to_numpy()) > 0).all(), rows
@@ -281,7 +281,7 @@ def test_curves_are_named_per_segment(sweep: xr.Dataset) -> None:
 
 
 def chain(rows: pd.DataFrame, sft_rate: float, dpo_rate: float, n_dpo: int) -> pd.DataFrame:
-    """A DPO lineage continuing the SFT lineage ``rows`` (its last rows are the SFT run), at ``dpo_rate``."""
+    """Return a DPO lineage continuing the SFT lineage ``rows`` (its last rows are the SFT run), at ``dpo_rate``."""
     leaf = f"dpo-of-{rows['lineage'].iloc[0]}"
     copy = rows.assign(lineage=leaf, learning_rate=dpo_rate)
     end = rows["cumulative_tokens"].max()

@@ -41,7 +41,7 @@ def frame_of(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def assert_same_points(actual: xr.Dataset, expected: pd.DataFrame) -> None:
-    """Same rows in the same order; dtypes aside (pandas infers object rather than str for an empty column)."""
+    """Return same rows in the same order; dtypes aside (pandas infers object rather than str for an empty column)."""
     pd.testing.assert_frame_equal(frame_of(actual), expected.reset_index(drop=True), check_dtype=False)
 
 
@@ -49,7 +49,7 @@ def assert_same_points(actual: xr.Dataset, expected: pd.DataFrame) -> None:
 
 
 def oracle_mask(frame: pd.DataFrame, labels: dict[str, Any]) -> np.ndarray:
-    """What a selection means, written independently with plain pandas comparisons on a long frame."""
+    """Return what a selection means, written independently with plain pandas comparisons on a long frame."""
     mask = np.ones(len(frame), dtype=bool)
     for name, label in labels.items():
         column = frame[name]

@@ -31,7 +31,7 @@ def build(root: Path, url: str, **layout: object) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory: pytest.TempPathFactory, make_pg_url: Callable[[], str]) -> SimpleNamespace:
-    """The same runs in layout B and layout A on PostgreSQL, and in layout A without attributes on SQLite."""
+    """Return the same runs in layout B and layout A on PostgreSQL, and in layout A without attributes on SQLite."""
     root = tmp_path_factory.mktemp("layouts")
     return SimpleNamespace(
         b=build(root / "b", make_pg_url()),

@@ -36,8 +36,11 @@ def example() -> tuple[xr.Dataset, xr.Dataset]:
 
 
 def grid_curves(post_steps: int = 300, noise_variables: int = 0) -> xr.Dataset:
-    """Pretraining-only lineages (3 sizes × 6 recipes × 3 seeds, noisy known curves) and four finetuning lineages
-    of ``post_steps`` steps from 150M/Dolma1.7 seed 0; ``noise_variables`` incompressible float32 variables."""
+    """Return pretraining-only lineages and four finetuning lineages.
+
+    Pretraining: 3 sizes × 6 recipes × 3 seeds, noisy known curves; finetuning: ``post_steps`` steps from
+    150M/Dolma1.7 seed 0; plus ``noise_variables`` incompressible float32 variables.
+    """
     rng = np.random.default_rng(0)
     pretraining = pd.concat(
         [

@@ -83,7 +83,7 @@ def test_rows_of_a_run_spread_over_batches_are_written_together(pg_url, real_sam
 
 
 def _jsonl_export(folder: Path, real_samples: Path, history: pd.DataFrame) -> pd.DataFrame:
-    """The real samples written as a JSONL export (runs.jsonl, history.jsonl, manifest.json) plus bad lines."""
+    """Return the real samples written as a JSONL export (runs.jsonl, history.jsonl, manifest.json) plus bad lines."""
     runs = pd.read_parquet(real_samples / "wandb_runs_sample.parquet")
     lines = []
     for run in runs.to_dict("records"):

@@ -88,13 +88,13 @@ def sft_config(slug: str = "dolma1_7", size: str = "150M", **extra) -> dict:
 
 
 def pretraining_table(rows: list[tuple[str, str, int, int, float]]) -> pd.DataFrame:
-    """A minimal DataDecide table: (params, data, seed, step, hellaswag)."""
+    """Return a minimal DataDecide table: (params, data, seed, step, hellaswag)."""
     return pd.DataFrame(rows, columns=["params", "data", "seed", "step", "hellaswag"])
 
 
 # ---------------------------------------------------------------------------------------------------- real samples
 def real_runs(real_samples: Path, layout: str = "B", keep_metadata: bool = True) -> pd.DataFrame:
-    """The real runs as WandBStore.read_runs() gives them; layout A merges the summary over the config.
+    """Return the real runs as WandBStore.read_runs() gives them; layout A merges the summary over the config.
 
     Without ``keep_metadata``, layout A keeps what the older downloader kept: no launch metadata, no W&B attributes.
     """
@@ -582,7 +582,7 @@ def sft_run(name: str, lr: float, slug: str = "dolma1_7", **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def lineage_store() -> RunRelationshipManager:
-    """An SFT parent with 2 DPO children, an SFT learning-rate sweep around it, and runs that must not mix in."""
+    """Return an SFT parent with 2 DPO children, an SFT learning-rate sweep around it, and runs that must not mix in."""
     sweep = "250902-00000{i}_test_finetune_DD-dolma1_7-150M_main_100M_toks_--learning_rate={lr}"
     rows = [
         sft_run(P_NAME, 5e-06),
@@ -706,7 +706,7 @@ NUMBERS = st.sampled_from(["5e-07", "1e-06", "2e-05", "0.0001", "3.5e-05", "1e-4
 
 @st.composite
 def sft_names(draw) -> tuple[str, dict]:
-    """A generated SFT run name and the fields it must parse back to."""
+    """Return a generated SFT run name and the fields it must parse back to."""
     code, size = draw(st.sampled_from(ALL_CODES)), draw(st.sampled_from(PARAMS))
     explicit = draw(st.booleans())
     step, seed = draw(st.integers(0, 70_000)), draw(st.integers(0, 4))

@@ -41,7 +41,7 @@ KEYS = ["params", "data", "seed", "step"]
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Generated raw exports and the matching full_eval for 2 sizes × 2 recipes, in separate data folders."""
+    """Return generated raw exports and the matching full_eval for 2 sizes × 2 recipes, in separate data folders."""
     root = tmp_path_factory.mktemp("datadecide")
     raw = write_datadecide(root / "raw", params=SIZES_USED, data=RECIPES_USED)
     full = write_datadecide(root / "full", params=SIZES_USED, data=RECIPES_USED, layouts=("full_eval",))
@@ -50,7 +50,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def small_raw() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A tiny raw pair to corrupt: 4M, Dolma1.7, two tasks."""
+    """Return a tiny raw pair to corrupt: 4M, Dolma1.7, two tasks."""
     return generate_pretraining(["4M"], ["Dolma1.7"], tasks=["hellaswag", "mmlu_anatomy"])
 
 

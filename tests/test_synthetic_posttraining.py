@@ -85,7 +85,7 @@ def last_component(path: str) -> str:
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
-    """The last value given for ``flag`` (argparse semantics), or None."""
+    """Return the last value given for ``flag`` (argparse semantics), or None."""
     values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
     return values[-1] if values else None
 

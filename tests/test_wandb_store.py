@@ -28,7 +28,7 @@ PASSWORD = "Sup3r-S3cret-pw"
 
 
 def _engine(url: str) -> sa.Engine:
-    """A plain SQLAlchemy engine on a test URL (psycopg 3, SQLAlchemy's default driver, is not installed)."""
+    """Return a plain SQLAlchemy engine on a test URL (psycopg 3, SQLAlchemy's default driver, is not installed)."""
     return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
 
 
@@ -49,13 +49,13 @@ def _emptied(url: str) -> str:
 
 @pytest.fixture
 def pg_url(module_pg_url: str) -> str:
-    """The module's PostgreSQL database, without W&B tables (overrides conftest's database-per-test fixture)."""
+    """Return the module's PostgreSQL database, without W&B tables (overrides conftest's database-per-test fixture)."""
     return _emptied(module_pg_url)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def store_url(request: pytest.FixtureRequest) -> str:
-    """An empty store, once on PostgreSQL and once on SQLite (overrides conftest's, to use :func:`pg_url` above)."""
+    """Return an empty store, on PostgreSQL and on SQLite (overrides conftest's, to use :func:`pg_url` above)."""
     return request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
 
 
@@ -74,7 +74,7 @@ def sample_history(real_samples: Path) -> pd.DataFrame:
 
 @pytest.fixture
 def real_store(store_url: str, sample_runs: pd.DataFrame, sample_history: pd.DataFrame) -> Iterator[WandBStore]:
-    """The six real runs and their history in layout B, on PostgreSQL and on SQLite."""
+    """Return the six real runs and their history in layout B, on PostgreSQL and on SQLite."""
     with WandBStore(store_url) as store:
         store.create_tables()
         assert store.store_runs(sample_runs) == 6
@@ -466,7 +466,7 @@ _RUN_IDS = itertools.count()
 
 @pytest.fixture
 def history_store(store_url: str) -> Iterator[tuple[WandBStore, sa.Engine]]:
-    """An empty layout-B store and a plain engine on it, shared by the examples of a hypothesis test."""
+    """Return an empty layout-B store and a plain engine on it, shared by the examples of a hypothesis test."""
     engine = _engine(store_url)
     with WandBStore(store_url) as store:
         store.create_tables()

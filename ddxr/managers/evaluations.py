@@ -178,7 +178,7 @@ class EvaluationManager:
 
     # ------------------------------------------------------------------ selection and attributes
     def variables(self, available: Iterable[str]) -> list[str]:
-        """Selected variable names in the documented order.
+        """Return selected variable names in the documented order.
 
         The order is: primary scores (OLMES tasks, then MMLU subjects), averages (``mmlu_average``,
         ``olmes_9_average``), task metrics (task by task, metrics in full_eval order), post-training-only variables
@@ -629,7 +629,7 @@ def _numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The ``oe_eval_metrics/<task>`` dicts as long values.
+    """Return the ``oe_eval_metrics/<task>`` dicts as long values.
 
     Returns
     -------
@@ -718,7 +718,7 @@ def _numeric_values(rows: pd.DataFrame, where: pd.Series, raw: pd.Series) -> tup
 
 
 def _flat_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The flat ``oe_eval_metrics/<task>/<metric>`` numbers, and issues for values that are not numbers."""
+    """Return the flat ``oe_eval_metrics/<task>/<metric>`` numbers, and issues for values that are not numbers."""
     raw = rows["decoded"].where(~rows["decoded"].map(type).isin([_Unparseable]), rows["text"])
     return _numeric_values(rows, rows["key"], raw)
 

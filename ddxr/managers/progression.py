@@ -88,7 +88,7 @@ class ProgressionReport:
         self.run_ids[count] = names
 
     def as_dict(self) -> dict:
-        """The report as plain JSON-able data; every count of runs is followed by ``<count>_run_ids``.
+        """Return the report as plain JSON-able data; every count of runs is followed by ``<count>_run_ids``.
 
         ``<count>_run_ids`` lists the first :data:`REPORT_RUN_IDS` ids, sorted; the count is the total.
         """
@@ -228,8 +228,10 @@ class TrainingProgressionManager:
         return history, facts
 
     def _drop_rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
-        """Skip rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere, and
-        rows whose DPO counter ``training_step`` is ±inf.
+        """Skip history rows whose token counters cannot place them on the token axis.
+
+        Those are rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere,
+        and rows whose DPO counter ``training_step`` is ±inf.
 
         W&B logs eval-only rows without the counter; a run's other rows keep their measured tokens rather than
         the whole run falling back to an estimate (or vanishing when it has no budget). Runs that log no counter

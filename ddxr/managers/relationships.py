@@ -176,7 +176,7 @@ class RunRelationshipManager:
         return self._by_id.loc[run_id]
 
     def get_run_lineage(self, run_id: str) -> dict:
-        """Base checkpoint and chain of runs of one post-training run.
+        """Return base checkpoint and chain of runs of one post-training run.
 
         Parameters
         ----------
@@ -206,7 +206,7 @@ class RunRelationshipManager:
         }
 
     def get_comparable_runs(self, run_id: str) -> list[str]:
-        """Runs of a hyperparameter sweep around one run.
+        """Return runs of a hyperparameter sweep around one run.
 
         Comparable runs are linked, start from the same base ``(params, data, seed, base_step)``, have the same
         ``run_type`` (and, for DPO, the same known parent) and differ from the run in ``learning_rate``,
@@ -338,7 +338,7 @@ def _own_links(frame: pd.DataFrame, final_steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def _dict_keys(column: pd.Series, keys: tuple[str, ...]) -> pd.DataFrame:
-    """Selected keys of a column of dicts as a frame (missing dicts and keys → missing)."""
+    """Return selected keys of a column of dicts as a frame (missing dicts and keys → missing)."""
     present = column.dropna()
     values = pd.DataFrame(present.tolist(), index=present.index, columns=list(keys))
     return values.reindex(column.index).astype(object)
@@ -567,7 +567,7 @@ def _own_base(
 
 
 def _final_step(params: pd.Series, data: pd.Series, final_steps: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Final checkpoint step per run's ``(params, data)``, and notes where table and vocabulary differ."""
+    """Return final checkpoint step per run's ``(params, data)``, and notes where table and vocabulary differ."""
     keys = pd.DataFrame({"params": params, "data": data})
     table_step = keys.merge(final_steps, on=["params", "data"], how="left")["table_step"].set_axis(keys.index)
     table_step = table_step.astype("Int64")

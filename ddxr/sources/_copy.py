@@ -23,7 +23,7 @@ _BLOCK_BYTES = 1 << 22  # CSV bytes Arrow parses per batch (its default, 1 MiB, 
 def copy_tables(
     connection: sa.Connection, statement: sa.Select, column_types: Mapping[str, pa.DataType], chunk_size: int
 ) -> Iterator[pa.Table]:
-    """The rows of ``statement`` as Arrow tables of exactly ``chunk_size`` rows (the last one shorter).
+    """Return the rows of ``statement`` as Arrow tables of exactly ``chunk_size`` rows (the last one shorter).
 
     Parameters
     ----------
@@ -96,8 +96,10 @@ def copy_tables(
 def _checked(
     reader: pa_csv.CSVStreamingReader, producer: threading.Thread, failure: list[BaseException]
 ) -> Iterator[pa.RecordBatch]:
-    """The reader's batches; at the end of the stream, the server's error if the COPY failed (a cut-off stream can
-    end on a whole line and parse without complaint)."""
+    """Return the reader's batches, then the server's error if the COPY failed.
+
+    The check at the end matters: a cut-off stream can end on a whole line and parse without complaint.
+    """
     yield from reader
     producer.join()
     if failure:

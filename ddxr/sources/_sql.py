@@ -72,8 +72,10 @@ class StoreURL:
         return text
 
     def create_engine(self, *, lock_timeout: float | None = None, statement_timeout: float | None = None) -> sa.Engine:
-        """An engine for this URL; on PostgreSQL with a bounded connect timeout, and the given lock and statement
-        timeouts (seconds; None or 0: wait forever) set on every session.
+        """Return an engine for this URL, with bounded timeouts on PostgreSQL.
+
+        The connect timeout is bounded; the given lock and statement timeouts (seconds; None or 0: wait forever)
+        are set on every session.
 
         The URL's own ``options`` come after ddxr's, so ``?options=-c lock_timeout=5s`` in the URL wins.
         """
@@ -127,12 +129,12 @@ def parse_url(url: str) -> StoreURL:
 
 
 def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
-    """A query parameter's values (SQLAlchemy gives a tuple when the parameter is repeated)."""
+    """Return a query parameter's values (SQLAlchemy gives a tuple when the parameter is repeated)."""
     return (value,) if isinstance(value, str) else tuple(value)
 
 
 def driver_message(error: Exception) -> str:
-    """The first line of the driver's own message (SQLAlchemy's wrapper appends SQL text and parameters)."""
+    """Return the first line of the driver's own message (SQLAlchemy's wrapper appends SQL text and parameters)."""
     original = error.orig if isinstance(error, sa.exc.DBAPIError) else error
     text = str(original).strip()
     return text.splitlines()[0] if text else type(original).__name__
@@ -140,8 +142,10 @@ def driver_message(error: Exception) -> str:
 
 @contextmanager
 def translated_errors(url: StoreURL) -> Iterator[None]:
-    """Turn driver errors raised inside the block (through SQLAlchemy or straight from the driver's cursor, see
-    :func:`stream_rows`) into a :class:`SourceError` that cannot leak the password."""
+    """Turn driver errors raised inside the block into a :class:`SourceError` that cannot leak the password.
+
+    Errors come through SQLAlchemy or straight from the driver's cursor (see :func:`stream_rows`).
+    """
     try:
         yield
     except (sa.exc.DBAPIError, psycopg2.Error, sqlite3.Error) as error:
@@ -174,7 +178,7 @@ def any_of(dialect: str, column: sa.ColumnElement, values: Sequence[str]) -> sa.
 
 
 def json_member(dialect: str, column: sa.ColumnElement, key: str) -> sa.ColumnElement:
-    """The value of top-level ``key`` of a JSON column, for any key text (``/``, ``.``, quotes, non-ASCII).
+    r"""Return the value of top-level ``key`` of a JSON column, for any key text (``/``, ``.``, quotes, non-ASCII).
 
     PostgreSQL returns text (``metrics ->> :key``). SQLite returns the SQL value (REAL, INTEGER, TEXT) through a
     ``json_each`` lookup: SQLite 3.40's ``'$."key"'`` paths match the key's escaped source text, so keys holding
@@ -187,8 +191,10 @@ def json_member(dialect: str, column: sa.ColumnElement, key: str) -> sa.ColumnEl
 
 
 def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) -> sa.Select:
-    """Rows ``(run_id, key, value)`` of the top-level entries of ``table.column`` whose key starts with
-    ``key_prefix``; ``value`` is the entry's JSON text."""
+    """Select rows ``(run_id, key, value)`` of the top-level entries of ``table.column`` starting with ``key_prefix``.
+
+    ``value`` is the entry's JSON text.
+    """
     json_column = table.c[column]
     if dialect == "postgresql":
         entry = sa.func.jsonb_each(sa.cast(json_column, JSONB)).table_valued("key", "value").alias("entry")
@@ -238,7 +244,7 @@ def bulk_insert(connection: sa.Connection, table: sa.Table, rows: pa.Table, json
 
 
 def stream_rows(connection: sa.Connection, statement: sa.Select, chunk_size: int) -> Iterator[list[tuple]]:
-    """The rows of ``statement`` as lists of at most ``chunk_size`` plain tuples.
+    """Return the rows of ``statement`` as lists of at most ``chunk_size`` plain tuples.
 
     The statement is compiled by SQLAlchemy and run on the driver's own cursor: a named (server-side) cursor on
     PostgreSQL, so the server hands out ``chunk_size`` rows at a time and memory follows the chunk size. The

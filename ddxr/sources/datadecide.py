@@ -217,7 +217,7 @@ class PretrainingSource:
         return f"raw DataDecide exports {self._files['downstream']} + {self._files['ppl']}"
 
     def file_stats(self) -> dict[str, dict]:
-        """What changes when the input changes, for cache fingerprints.
+        """Return what changes when the input changes, for cache fingerprints.
 
         Size (bytes) and modification time of every file read, keyed by path; for an object, which has no files,
         a digest of the table it holds.
@@ -275,7 +275,7 @@ def read_datadecide(source: str | os.PathLike | object, *, mean: bool = False) -
 
 
 def datadec_schedule(params: Sequence[str] = PARAMS) -> pd.DataFrame:
-    """datadec's training-schedule formulas per size (docs/sources.md §3.4), indexed by ``params``.
+    """Return datadec's training-schedule formulas per size (docs/sources.md §3.4), indexed by ``params``.
 
     datadec derives the schedule from a parameter count that is the true count below 150M and the round label from
     150M up; its ``lr_at_step`` is a linear warmup from 0 followed by a cosine decay to 1% of the peak at
@@ -314,7 +314,7 @@ def datadec_schedule(params: Sequence[str] = PARAMS) -> pd.DataFrame:
 
 
 def scheduled_lr(params: np.ndarray | Sequence[str] | str, step: np.ndarray | Sequence[int] | int) -> np.ndarray:
-    """datadec's scheduled learning rate at pretraining steps (the ``lr_at_step`` column of full_eval).
+    """Return datadec's scheduled learning rate at pretraining steps (the ``lr_at_step`` column of full_eval).
 
     Parameters
     ----------
@@ -395,7 +395,7 @@ def parse_metrics(
 
 
 def _locate_files(path: Path, mean: bool) -> dict[str, Path]:
-    """The files to read for a path: a parquet file, a datadecide folder, or a data folder holding one."""
+    """Return the files to read for a path: a parquet file, a datadecide folder, or a data folder holding one."""
     if path.is_file():
         return {"full_eval": path}
     folder = path / "datadecide" if (path / "datadecide").is_dir() else path
@@ -563,7 +563,7 @@ def _describe_key(key: int) -> str:
 
 
 def _shown(value: object) -> str:
-    """A cell value as a user wrote it: ``12.5``, ``'abc'`` (no numpy scalar reprs)."""
+    """Return a cell value as a user wrote it: ``12.5``, ``'abc'`` (no numpy scalar reprs)."""
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
@@ -576,8 +576,11 @@ def _skip_frame(skipped: list[_Skip]) -> pd.DataFrame:
 
 
 def _mmlu_average(metrics: np.ndarray, present: np.ndarray) -> dict[int, np.ndarray]:
-    """Unweighted mean over the 57 MMLU subtasks (NaNs skipped, as datadec does), per metric position in
-    :data:`ddxr.vocabulary.METRICS`, for the metrics whose subtask columns are all ``present``."""
+    """Return the unweighted mean over the 57 MMLU subtasks (NaNs skipped, as datadec does).
+
+    One per metric position in :data:`ddxr.vocabulary.METRICS`, for the metrics whose subtask columns are all
+    ``present``.
+    """
     subtasks = _TASK_METRIC_COLUMN[[TASKS.index(task) for task in MMLU_TASKS]]
     means = {}
     for metric in np.flatnonzero(present[subtasks].all(axis=0)):
@@ -709,8 +712,10 @@ def _deduplicate(
 
 
 def _float_matrix(frame: pd.DataFrame, names: Sequence[str | None], source: str) -> tuple[np.ndarray, list[_Skip]]:
-    """Columns as one float64 matrix, NaN for a ``None`` name; cells that are not numbers become NaN and are listed
-    as skips."""
+    """Return columns as one float64 matrix, NaN for a ``None`` name.
+
+    Cells that are not numbers become NaN and are listed as skips.
+    """
     matrix = np.full((len(frame), len(names)), np.nan)
     wanted = [(position, name) for position, name in enumerate(names) if name is not None]
     numeric = [(position, name) for position, name in wanted if pd.api.types.is_numeric_dtype(frame[name].dtype)]
@@ -817,8 +822,10 @@ def _read_downstream_keys(path: Path) -> dict[str, Any]:
 
 
 def _task_codes(tasks: pd.Series) -> np.ndarray:
-    """Positions in :data:`TASKS` of raw task names; -1 for unknown or missing tasks, and for ``mmlu_average``
-    (derived, never a raw row)."""
+    """Return positions in :data:`TASKS` of raw task names.
+
+    -1 for unknown or missing tasks, and for ``mmlu_average`` (derived, never a raw row).
+    """
     return _positions(tasks, [task if task != "mmlu_average" else None for task in TASKS])
 
 
@@ -877,7 +884,7 @@ def _fill_metrics(
 
 
 def _parsed_batches(path: Path) -> Iterator[_ParsedDicts]:
-    """The ``metrics`` column parsed batch by batch, in file order.
+    """Return the ``metrics`` column parsed batch by batch, in file order.
 
     Batches are parsed on worker threads (Arrow and NumPy release the GIL), at most one per worker ahead of the
     consumer, so memory stays bounded by a few batches.
@@ -908,7 +915,7 @@ def _read_full_eval_file(path: Path, mean: bool) -> _Wide:
 
 
 def _full_eval_variable(name: str) -> str | None:
-    """ddxr name of a full_eval column, or None when the column is not one ddxr emits."""
+    """Return the ddxr name of a full_eval column, or None when the column is not one ddxr emits."""
     if name in _SCHEDULE:
         return name
     ppl = _FULL_EVAL_PPL_COLUMN.fullmatch(name)
@@ -1092,7 +1099,7 @@ def _rows_with_repeated_keys(parsed: _ParsedDicts, n_rows: int) -> np.ndarray:
 
 
 def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDicts:
-    """The slow path: one safe literal parse per cell, for the few cells outside the strict grammar."""
+    """Parse cell by cell with a safe literal parser (the slow path), for the few cells outside the strict grammar."""
     keys: dict[str, int] = {}
     found_rows, found_codes, found_values, problems = [], [], [], []
     for row, text in zip(rows.tolist(), texts, strict=True):
@@ -1116,9 +1123,11 @@ def _parse_literals(texts: Sequence[str | None], rows: np.ndarray) -> _ParsedDic
 
 
 class _NamedFloats(ast.NodeTransformer):
-    """Turns the names ``nan`` and ``inf`` (how Python prints those floats) into constants, and float literals
-    beyond float64 (``1e999``, which Python reads as inf) into an integer too large for a float, so they are
-    refused like ``10**400``: ``inf`` must be spelled."""
+    """Turn the names ``nan`` and ``inf`` into constants, and float literals beyond float64 into huge integers.
+
+    ``nan`` and ``inf`` are how Python prints those floats. A literal such as ``1e999``, which Python reads as inf,
+    becomes an integer too large for a float, so it is refused like ``10**400``: ``inf`` must be spelled.
+    """
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id in ("nan", "inf"):

@@ -78,7 +78,7 @@ class LoadReport:
 
 
 def find_export(folder: str | Path) -> tuple[Path, Path]:
-    """The runs file and the history file of an export folder.
+    """Return the runs file and the history file of an export folder.
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def load_export(
 
 
 def _runs_frame(path: Path, skipped: Counter) -> pd.DataFrame:
-    """The runs file as the frame :meth:`WandBStore.store_runs` takes; unusable runs skipped and counted."""
+    """Return the runs file as the frame :meth:`WandBStore.store_runs` takes; unusable runs skipped and counted."""
     raw = _read_parquet(path) if path.suffix == ".parquet" else _jsonl_runs(path)
     if "raw_data" in raw.columns and "config" not in raw.columns:
         # layout A merges the summary over the config (a run's last logged LR over its hyperparameter): only a
@@ -224,7 +224,7 @@ _MALFORMED = "malformed"
 
 
 def _json_object(cell: object) -> object:
-    """A JSON column's cell as a dict (None for a missing one), or :data:`_MALFORMED`."""
+    """Return a JSON column's cell as a dict (None for a missing one), or :data:`_MALFORMED`."""
     if cell is None or (isinstance(cell, float) and np.isnan(cell)):
         return None
     if isinstance(cell, str | bytes):
@@ -291,7 +291,7 @@ def _complete_runs(
 
 
 def _history_frame(batch: pd.DataFrame, known: set[str], skipped: Counter) -> pd.DataFrame:
-    """A history batch as :meth:`WandBStore.store_history` takes it; unusable rows and values counted."""
+    """Return a history batch as :meth:`WandBStore.store_history` takes it; unusable rows and values counted."""
     keep = pd.Series(True, index=batch.index)
     if "metrics" in batch.columns:  # a wandb_history dump or JSON lines: one JSON object of metrics per row
         objects = batch["metrics"].map(_json_object)
@@ -315,7 +315,7 @@ def _history_frame(batch: pd.DataFrame, known: set[str], skipped: Counter) -> pd
 
 
 def _numbers(values: pd.Series, name: str, skipped: Counter) -> pd.Series:
-    """A metric column as numbers; text, lists and objects (W&B media, tables) become NaN and are counted."""
+    """Return a metric column as numbers; text, lists and objects (W&B media, tables) become NaN and are counted."""
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         return values
     numbers = pd.to_numeric(values.where(values.map(_scalar)), errors="coerce")

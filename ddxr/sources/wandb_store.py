@@ -65,7 +65,7 @@ _JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 def _layout_b() -> sa.MetaData:
-    """The layout-B tables as ddxr writes them; ``created_at`` is UTC without zone, as in layout A."""
+    """Return the layout-B tables as ddxr writes them; ``created_at`` is UTC without zone, as in layout A."""
     metadata = sa.MetaData()
     sa.Table(
         "wandb_runs",
@@ -164,12 +164,15 @@ class WandBStore:
             pass
 
     def __repr__(self) -> str:
+        """Show the store by its URL, password redacted."""
         return f"WandBStore({self.url_redacted!r})"
 
     def __enter__(self) -> WandBStore:
+        """Return the store itself."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the store's connections."""
         self.close()
 
     def close(self) -> None:
@@ -422,8 +425,10 @@ class WandBStore:
             return {run_id: int(count) for run_id, count in connection.execute(query)}
 
     def history_snapshot(self) -> pd.DataFrame:
-        """Rows and largest row id of each run's history: both move when a run logs more rows, and ``max_id``
-        moves when its history is replaced (:meth:`store_history` deletes and inserts).
+        """Return the rows and largest row id of each run's history.
+
+        Both move when a run logs more rows, and ``max_id`` moves when its history is replaced
+        (:meth:`store_history` deletes and inserts).
 
         Returns
         -------
@@ -446,7 +451,7 @@ class WandBStore:
         return frame.astype({"run_id": "str", "rows": "int64", "max_id": "int64"})
 
     def stats(self) -> dict[str, Any]:
-        """What changes when the store's content changes, for cache fingerprints.
+        """Return what changes when the store's content changes, for cache fingerprints.
 
         Returns
         -------
@@ -493,7 +498,7 @@ class WandBStore:
 
     @contextmanager
     def _connect(self, *, write: bool = False) -> Iterator[sa.Connection]:
-        """A connection (in a transaction when ``write``); driver errors become password-free SourceErrors."""
+        """Return a connection (in a transaction when ``write``); driver errors become password-free SourceErrors."""
         try:
             connection = self._engine.connect()
         except sa.exc.DBAPIError as error:
@@ -564,7 +569,7 @@ class WandBStore:
         return f"no wandb_history table in {self.url_redacted}; create it with WandBStore.create_tables()"
 
     def _history_query(self, run_ids: Sequence[str] | None, keys: Sequence[str]) -> _HistoryQuery:
-        """The history SELECT for ``run_ids`` and ``keys`` (checked, duplicates dropped)."""
+        """Return the history SELECT for ``run_ids`` and ``keys`` (checked, duplicates dropped)."""
         if not isinstance(keys, str):  # a string is refused whole, never split into one-letter keys
             keys = list(dict.fromkeys(keys))
         _check_keys(keys)
@@ -677,7 +682,7 @@ def _run_id_column(values: pd.Series, what: str) -> pd.Series:
 
 
 def _run_rows(runs: pd.DataFrame) -> pa.Table:
-    """Validated runs as an Arrow table of the ``wandb_runs`` columns, JSON columns as JSON text."""
+    """Return validated runs as an Arrow table of the ``wandb_runs`` columns, JSON columns as JSON text."""
     _check_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"), RUN_JSON_COLUMNS, "runs")
     run_ids = _run_id_column(runs["run_id"], "runs")
     duplicated = run_ids[run_ids.duplicated()].unique().tolist()
@@ -758,7 +763,7 @@ def _check_history_columns(history: pd.DataFrame) -> None:
 
 
 def _history_input(history: pd.DataFrame) -> pd.DataFrame:
-    """Validated history: ``run_id`` str, ``step`` int64, ``timestamp`` and ``runtime`` float64, numeric metrics."""
+    """Return validated history: ``run_id`` str, ``step`` int64, ``timestamp``/``runtime`` float64, numeric metrics."""
     names = list(history.columns)
     run_ids = _run_id_column(history["run_id"], "history")
     step = pd.to_numeric(history["step"], errors="coerce")
@@ -792,15 +797,18 @@ def _epoch_seconds(values: pd.Series) -> pd.Series:
 
 
 def _epoch_from_utc(stamps: pd.Series) -> pd.Series:
-    """Zoned timestamps as float epoch seconds; whole seconds and fraction are summed once, so that
-    05:39:25.27 gives …965.27 exactly (dividing the nanoseconds as a float rounds twice)."""
+    """Return zoned timestamps as float epoch seconds.
+
+    Whole seconds and fraction are summed once, so that 05:39:25.27 gives …965.27 exactly (dividing the
+    nanoseconds as a float rounds twice).
+    """
     nanoseconds = stamps.astype("datetime64[ns, UTC]").to_numpy("datetime64[ns]").view("int64")
     seconds = nanoseconds // 10**9 + (nanoseconds % 10**9) / 1e9
     return pd.Series(np.where(stamps.isna(), np.nan, seconds), index=stamps.index)
 
 
 def _numeric(values: pd.Series, key: str) -> pd.Series:
-    """A metric column as numbers (booleans as 0/1), or a SourceError naming a non-numeric value."""
+    """Return a metric column as numbers (booleans as 0/1), or a SourceError naming a non-numeric value."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype("Int64")
     if pd.api.types.is_numeric_dtype(values):
@@ -816,7 +824,7 @@ def _numeric(values: pd.Series, key: str) -> pd.Series:
 
 
 def _history_rows(history: pd.DataFrame) -> pa.Table:
-    """A chunk of the store_history frame, validated, as the Arrow table of ``wandb_history`` columns."""
+    """Return a chunk of the store_history frame, validated, as the Arrow table of ``wandb_history`` columns."""
     chunk = _history_input(history)
     keys = chunk.columns[len(HISTORY_COLUMNS) :]
     return pa.table(
@@ -857,7 +865,7 @@ def _json_members(key: str, values: pd.Series) -> pa.Array:
 
 
 def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
-    """The read_runs frame from raw SELECT rows."""
+    """Return the read_runs frame from raw SELECT rows."""
     missing_id = raw["run_id"].isna()
     if missing_id.any():
         raise SourceError(
@@ -898,7 +906,7 @@ def _refuse_constant(name: str) -> float:
 
 
 def _load_json(cell: object) -> object:
-    """A JSON cell as a dict; NULL (and JSON ``null``) as ``{}``; anything else as the :class:`_Malformed` reason."""
+    """Return a JSON cell as a dict; NULL (and JSON ``null``) as ``{}``; anything else as a :class:`_Malformed`."""
     if isinstance(cell, str):
         try:
             # NaN/Infinity are not JSON: JSONB and SQLite refuse them, W&B writes them as strings
@@ -961,8 +969,11 @@ def _check_keys(keys: Sequence[str]) -> None:
 
 
 def _timestamp_column(history: sa.Table) -> tuple[sa.ColumnElement, str]:
-    """The history timestamp as selected, and its kind: ``"epoch"`` (a number), ``"aware"`` (a zoned timestamp) or
-    ``"naive"`` (anything else, read as a date; selected as text to skip SQLAlchemy's strict SQLite date parser)."""
+    """Return the history timestamp as selected, and its kind.
+
+    The kind is ``"epoch"`` (a number), ``"aware"`` (a zoned timestamp) or ``"naive"`` (anything else, read as a
+    date; selected as text to skip SQLAlchemy's strict SQLite date parser).
+    """
     column = history.c.timestamp
     if isinstance(column.type, sa.Float | sa.Numeric | sa.Integer):
         return column, "epoch"
@@ -976,9 +987,11 @@ def _copy_types(query: _HistoryQuery) -> dict[str, pa.DataType]:
 
 
 def _parsed_numbers(table: pa.Table) -> pa.Table:
-    """Text columns after ``run_id`` cast to float64 in Arrow where every value is a finite number or NaN; a column
-    holding anything else stays text for :func:`_history_frame` to read, check and count (dates, words, and
-    infinities, whose spelling tells ``"Infinity"`` from a number beyond float64)."""
+    """Cast the text columns after ``run_id`` to float64 in Arrow where every value is a finite number or NaN.
+
+    A column holding anything else stays text for :func:`_history_frame` to read, check and count (dates, words,
+    and infinities, whose spelling tells ``"Infinity"`` from a number beyond float64).
+    """
     for position in range(1, table.num_columns):
         try:
             numbers = pc.cast(table.column(position), pa.float64())
@@ -991,8 +1004,10 @@ def _parsed_numbers(table: pa.Table) -> pa.Table:
 
 
 def _history_frame(rows: Sequence[Sequence[object]] | pd.DataFrame, query: _HistoryQuery) -> pd.DataFrame:
-    """One chunk of SELECT rows (tuples, or a frame of the SELECT's columns) as the documented history frame, with
-    its coercion counts in ``attrs``."""
+    """Return one chunk of SELECT rows (tuples, or a frame of the SELECT's columns) as the history frame.
+
+    Its coercion counts are in ``attrs``.
+    """
     labels = [f"metric_{i}" for i in range(len(query.keys))]
     if isinstance(rows, pd.DataFrame):
         raw = rows
@@ -1014,8 +1029,10 @@ def _history_frame(rows: Sequence[Sequence[object]] | pd.DataFrame, query: _Hist
 
 
 def _stored_numbers(raw: pd.DataFrame, column: str, *, integral: bool) -> pd.Series:
-    """A fixed numeric column of wandb_history as float64; text (or, for ``step``, missing or fractional values)
-    raises a SourceError naming the run and the value."""
+    """Return a fixed numeric column of wandb_history as float64.
+
+    Text (or, for ``step``, missing or fractional values) raises a SourceError naming the run and the value.
+    """
     values = raw[column]
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = numbers.isna() & values.notna()
@@ -1041,9 +1058,12 @@ def _timestamps(raw: pd.DataFrame, kind: str) -> pd.Series:
 
 
 def _coerce(values: pd.Series) -> tuple[np.ndarray, int]:
-    """Metric values as float64 and the number of values turned into NaN: non-numeric ones, and numbers beyond
-    float64 (JSON ``1e999``: PostgreSQL returns its digits, SQLite an inf REAL), as DataDecide cells are read.
-    The strings ``"Infinity"``/``"-Infinity"`` (how W&B and :meth:`WandBStore.store_history` write ±inf) stay ±inf."""
+    """Return metric values as float64 and the number of values turned into NaN.
+
+    Those are non-numeric values, and numbers beyond float64 (JSON ``1e999``: PostgreSQL returns its digits, SQLite
+    an inf REAL), as DataDecide cells are read.
+    The strings ``"Infinity"``/``"-Infinity"`` (how W&B and :meth:`WandBStore.store_history` write ±inf) stay ±inf.
+    """
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
     failed = np.isnan(numbers) & values.notna().to_numpy(bool)
     if failed.any():
@@ -1058,5 +1078,5 @@ def _coerce(values: pd.Series) -> tuple[np.ndarray, int]:
 
 
 def _plain(value: object) -> object:
-    """A SQL scalar as a JSON-serializable value (datetimes as ISO text)."""
+    """Return a SQL scalar as a JSON-serializable value (datetimes as ISO text)."""
     return value.isoformat() if hasattr(value, "isoformat") else value

@@ -55,7 +55,8 @@ class SyntheticTruth:
     store_url: str
     runs: pd.DataFrame
 
-    def __repr__(self) -> str:  # never the store URL: it may hold a password
+    def __repr__(self) -> str:
+        """Show the folder and run count, never the store URL (it may hold a password)."""
         return f"SyntheticTruth(pretraining_dir={str(self.pretraining_dir)!r}, runs={len(self.runs)})"
 
 

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def summary(truth: SyntheticTruth, params: Sequence[str], data: Sequence[str]) -> str:
-    """What :func:`generate` wrote: files, runs by type and state, history rows and the messy runs."""
+    """Return what :func:`generate` wrote: files, runs by type and state, history rows and the messy runs."""
     runs = truth.runs
     files = sorted(path for path in truth.pretraining_dir.iterdir() if path.is_file())
     with WandBStore(truth.store_url) as store:

@@ -58,7 +58,7 @@ def checkpoint_steps(params: str) -> np.ndarray:
 
 
 def size_constant(params: np.ndarray | str, column: str) -> np.ndarray:
-    """A column of :data:`~ddxr.vocabulary.SIZES` looked up for one size label or an array of them."""
+    """Return a column of :data:`~ddxr.vocabulary.SIZES` looked up for one size label or an array of them."""
     return SIZES[column].astype(np.float64).reindex(np.atleast_1d(params)).to_numpy().reshape(np.shape(params))
 
 

@@ -392,7 +392,7 @@ def _readme_sweep() -> pd.DataFrame:
 
 
 def _sft_row(params: str, data: str, **overrides: object) -> dict[str, object]:
-    """A clean main-checkpoint budget SFT run on (params, data); keywords override any column."""
+    """Return a clean main-checkpoint budget SFT run on (params, data); keywords override any column."""
     row: dict[str, object] = {
         "family": "budget",
         "params": params,
@@ -489,7 +489,7 @@ def _pick(rng: np.random.Generator, choices: tuple[str, ...], preferred: str) ->
 
 
 def _bases(rng: np.random.Generator, params: np.ndarray, intermediate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Base step and seed: the final step and seed 0, or an interior checkpoint and seed 0-2 (0-4 for 1B)."""
+    """Return base step and seed: the final step and seed 0, or an interior checkpoint and seed 0-2 (0-4 for 1B)."""
     steps = SIZES["final_step"].reindex(params).to_numpy().astype(np.int64)
     u = rng.random(len(params))
     for label in np.unique(params[intermediate]):  # one pass per size, not per run
@@ -520,7 +520,7 @@ def _name_codes(data: str) -> tuple[str, ...]:
 
 
 def _comparison_sizes(rng: np.random.Generator, run_params: np.ndarray, params: tuple[str, ...]) -> np.ndarray:
-    """The smaller Dolma1.7 model a matched run was matched to (the run's own size when none is smaller)."""
+    """Return the smaller Dolma1.7 model a matched run was matched to (the run's own size when none is smaller)."""
     order = {p: i for i, p in enumerate(SIZES.index)}
     ranked = sorted(params, key=order.__getitem__)
     position = np.array([ranked.index(p) for p in run_params])
@@ -650,7 +650,7 @@ def _schedule_dpo(dpo: pd.DataFrame, sft: pd.DataFrame, n_runs: int) -> pd.DataF
 
 
 def _fmt_lr(value: float) -> str:
-    """A learning rate as the launcher prints it: ``5e-07``, ``1e-05``, ``0.0001``."""
+    """Return a learning rate as the launcher prints it: ``5e-07``, ``1e-05``, ``0.0001``."""
     return f"{value:g}"
 
 
@@ -743,7 +743,7 @@ def _missing_parent_dir(row: _PlanRow) -> str:
 
 
 def _per_row(plan: pd.DataFrame, run: np.ndarray, column: str) -> np.ndarray:
-    """A plan column repeated onto history rows (``run`` = each row's position in ``plan``)."""
+    """Return a plan column repeated onto history rows (``run`` = each row's position in ``plan``)."""
     return plan[column].to_numpy()[run]
 
 
@@ -980,7 +980,7 @@ def _metric_values(rng: np.random.Generator, scores: np.ndarray) -> np.ndarray:
 
 
 def _task_configs() -> dict[str, dict[str, object]]:
-    """The OLMES ``task_config`` of each task and of the ``core_9mcqa`` aggregate (shared, never mutated)."""
+    """Return the OLMES ``task_config`` of each task and of the ``core_9mcqa`` aggregate (shared, never mutated)."""
     configs = {}
     for task, (path, name, source, split, native_id, _) in _OLMES_META.items():
         configs[task] = _task_config(task, path, name, source, split, native_id, OLMES_TASKS[task])
@@ -1051,7 +1051,7 @@ _AGGREGATE_IN_DICT = [i for i, name in enumerate(_AGGREGATE_NAMES) if name.rspli
 
 
 def _aggregates(scores: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``core_9mcqa`` aggregate of every run: macro (unweighted) and micro (instance-weighted) task means.
+    """Return the ``core_9mcqa`` aggregate of every run: macro (unweighted) and micro (instance-weighted) task means.
 
     Returns the flat values in :data:`_AGGREGATE_KEYS` order and the micro-averaged primary score.
     """
@@ -1067,7 +1067,7 @@ def _aggregates(scores: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np
 def _eval_summary(
     scores: list[float], average: float, micro: float, metrics: list[list[float]], aggregate: list[float], broken: str
 ) -> dict[str, object]:
-    """The 368 ``oe_eval_metrics`` summary keys of one run (§5.4, §5.5); the ``broken`` task's JSON truncated."""
+    """Return the 368 ``oe_eval_metrics`` summary keys of one run (§5.4, §5.5); the ``broken`` task's JSON truncated."""
     summary: dict[str, object] = {}
     for task_index, task in enumerate(_TASKS):
         dict_names, dict_values, flat_keys, flat_values = _TASK_KEYS[task]
@@ -1101,7 +1101,7 @@ def _eval_summary(
 def _runs_frame(
     rng: np.random.Generator, plan: pd.DataFrame, history: pd.DataFrame, scores: np.ndarray
 ) -> pd.DataFrame:
-    """The store_runs frame: one dict per JSON column per run (a loop per run is fine: dicts, not rows)."""
+    """Return the store_runs frame: one dict per JSON column per run (a loop per run is fine: dicts, not rows)."""
     metrics = _metric_values(rng, scores)
     aggregates, micro = _aggregates(scores, metrics)
     averages = np.round(scores.mean(axis=1), 10)
@@ -1162,7 +1162,7 @@ def _record_columns(rng: np.random.Generator, plan: pd.DataFrame, runtime: np.nd
 
 
 def _model_path(row: _PlanRow) -> str:
-    """What ``model_name_or_path`` holds: the DPO parent's folder, an HF cache path or repo id, or a local path."""
+    """Return ``model_name_or_path``: the DPO parent's folder, an HF cache path or repo id, or a local path."""
     if row.run_type == "dpo":
         return row.parent_dir
     if row.mess == "unlinkable":
@@ -1183,7 +1183,7 @@ def _tags(row: _PlanRow) -> str:
 
 
 def _config(row: _PlanRow, pretrain_evals: dict[tuple[str, str], dict[str, float]]) -> dict[str, object]:
-    """The run config (§5.1): identity, hyperparameters, model/data, launcher keys, DPO keys, pretraining evals."""
+    """Return the run config (§5.1): identity, hyperparameters, model/data, launcher and DPO keys, pretraining evals."""
     is_dpo = row.run_type == "dpo"
     size = _SIZE_TABLE[row.params]
     model_size = int(round(size["wandb_model_size"]))
@@ -1300,8 +1300,11 @@ def _config_mess(row: _PlanRow, config: dict[str, object]) -> dict[str, object]:
 
 
 def _pretrain_eval_table(plan: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
-    """A subset of the launcher's ``pretrain_eval_*`` keys per (params, data): values of the FINAL pretraining
-    checkpoint (§5.6), never of the base. Callers merge the dicts into new ones and never mutate them."""
+    """Return a subset of the launcher's ``pretrain_eval_*`` keys per (params, data).
+
+    Values of the FINAL pretraining checkpoint (§5.6), never of the base. Callers merge the dicts into new ones and
+    never mutate them.
+    """
     pairs = plan[["params", "data"]].drop_duplicates()
     params, data = pairs["params"].to_numpy(), pairs["data"].to_numpy()
     compute = compute_at(params, tokens_at(params, SIZES["final_step"].reindex(params).to_numpy()))
@@ -1333,7 +1336,7 @@ def _train_summary(row: _PlanRow, last: dict[str, float], lines: int) -> dict[st
 
 
 def _args(row: _PlanRow, config: dict[str, object]) -> list[str]:
-    """The launcher's command line: every hyperparameter, even the ones the config lost."""
+    """Return the launcher's command line: every hyperparameter, even the ones the config lost."""
     is_dpo = row.run_type == "dpo"
     args = ["--exp_name", row.run_name, "--run_name", row.run_name, "--output_dir", row.output_dir.rsplit("/", 1)[0]]
     args += ["--wandb_tags", _tags(row)]
@@ -1399,7 +1402,7 @@ def _metadata(row: _PlanRow, config: dict[str, object]) -> dict[str, object]:
 
 
 def _system_metrics(rng: np.random.Generator, row: _PlanRow) -> dict[str, float]:
-    """A few hardware aggregates per GPU, as ``system_metrics`` holds them."""
+    """Return a few hardware aggregates per GPU, as ``system_metrics`` holds them."""
     metrics: dict[str, float] = {"system.cpu": round(float(rng.uniform(0.5, 2.0)), 10)}
     for gpu in range(int(row.gpu_count)):
         metrics[f"system.gpu.{gpu}.gpu"] = int(rng.integers(80, 101))
@@ -1417,7 +1420,7 @@ def _system_attrs(
     lines: int,
     last: dict[str, float],
 ) -> dict[str, object]:
-    """The 22 W&B run attributes; the config/summary copies are abridged (nothing reads them twice)."""
+    """Return the 22 W&B run attributes; the config/summary copies are abridged (nothing reads them twice)."""
     tags = sorted(set(_tags(row).split(",")) | ({"hidden"} if row.state == "crashed" else set()))
     keys = ("_runtime", "_step", "_timestamp", *(_DPO_HISTORY_KEYS if row.run_type == "dpo" else _SFT_HISTORY_KEYS))
     history_keys = {k: {"typeCounts": [{"type": "number", "count": lines}]} for k in keys} if lines else {}
@@ -1453,8 +1456,10 @@ def _system_attrs(
 
 
 def repaired_total_tokens(total_tokens: np.ndarray) -> np.ndarray:
-    """Repair token-counter restarts (docs/sources.md §8.10): shift each segment after a drop so that its first row
-    equals the previous row plus the median positive increment (the rule the progression manager applies).
+    """Repair token-counter restarts (docs/sources.md §8.10).
+
+    Shift each segment after a drop so that its first row equals the previous row plus the median positive
+    increment (the rule the progression manager applies).
 
     Parameters
     ----------

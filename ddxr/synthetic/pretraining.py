@@ -248,7 +248,7 @@ def _checkpoints(params: Sequence[str], data: Sequence[str], *, ppl_only: bool) 
 
 
 def _noise(random_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standard normal noise over the whole grid (size, recipe, seed, checkpoint, task or set), drawn in one go."""
+    """Return standard normal noise over the grid (size, recipe, seed, checkpoint, task or set), drawn in one go."""
     rng = np.random.default_rng(random_seed)
     checkpoints = max(len(checkpoint_steps(label)) for label in PARAMS) + 1
     grid = (len(PARAMS), len(DATA), len(SEED_NAMES), checkpoints)
@@ -268,7 +268,7 @@ def _generate_tables(
 
 
 def _labelled(codes: np.ndarray | pd.Series, labels: Sequence[str]) -> pa.Array:
-    """String column from vocabulary positions, built by Arrow rather than from Python objects per row."""
+    """Return string column from vocabulary positions, built by Arrow rather than from Python objects per row."""
     return pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()), pa.array(labels)).cast(pa.string())
 
 
@@ -327,7 +327,7 @@ def _ppl_table(checkpoints: pd.DataFrame, noise: np.ndarray) -> pa.Table:
 def _metric_values(
     primary: np.ndarray, task: np.ndarray, small: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The 34 metric values of every row from its primary score, and where each key holds ``None``."""
+    """Return the 34 metric values of every row from its primary score, and where each key holds ``None``."""
     chance, ceiling = (np.asarray([TASK_RANGE[name][bound] for name in RAW_TASKS])[task] for bound in (0, 1))
     above = primary - chance
     progress = np.clip(above / (ceiling - chance), 0.0, 1.0)
@@ -384,7 +384,7 @@ def _dict_texts(values: dict[str, np.ndarray], nones: dict[str, np.ndarray]) -> 
 
 
 def _full_eval_schedule(merged: pd.DataFrame) -> pd.DataFrame:
-    """The 12 key and schedule columns of full_eval (docs/sources.md §3.2)."""
+    """Return the 12 key and schedule columns of full_eval (docs/sources.md §3.2)."""
     params, step = merged["params"].to_numpy().astype(str), merged["step"].to_numpy(dtype=np.float64)
     schedule = datadec_schedule(PARAMS).reindex(params)
     tokens = tokens_at(params, step)
