@@ -29,7 +29,7 @@ DOWNLOADER_UTC_OFFSET = pd.Timedelta(hours=-7)
 
 
 def _layout_a(kept: tuple[str, ...]) -> sa.MetaData:
-    """The layout-A tables as the older downloader created them, plus the ``kept`` JSON columns."""
+    """Return the layout-A tables as the older downloader created them, plus the ``kept`` JSON columns."""
     metadata = sa.MetaData()
     sa.Table(
         "wandb_runs",
