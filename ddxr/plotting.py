@@ -94,7 +94,12 @@ def tokens_since_base(frame: pd.DataFrame) -> pd.Series:
 def plot_sweep(
     frame: pd.DataFrame, path: str | Path, metrics: Sequence[str] = SWEEP_METRICS, title: str | None = None
 ) -> Path:
-    """Return a learning-rate sweep: pretraining and every post-training run at once, one row of panels per metric.
+    """Draw :func:`sweep_figure` into a PNG file (folders created) and return its path."""
+    return _save(sweep_figure(frame, metrics, title), path)
+
+
+def sweep_figure(frame: pd.DataFrame, metrics: Sequence[str] = SWEEP_METRICS, title: str | None = None):
+    """Draw a learning-rate sweep: pretraining and every post-training run at once, one row of panels per metric.
 
     Left, the whole lineage over cumulative tokens (pretraining curves in greys); right, the post-training segments
     over the tokens seen since the base checkpoint on a symmetric-log axis, so short and long runs both show and each
@@ -106,8 +111,6 @@ def plot_sweep(
     ----------
     frame : pandas.DataFrame
         :func:`ddxr.frames.to_frame` output with ``melt=True`` and ``prefix="shared"``.
-    path : str or path
-        PNG file to write (folders created).
     metrics : sequence of str
         Metrics to draw, one row each; those absent from ``frame`` are skipped.
     title : str, optional
@@ -115,8 +118,8 @@ def plot_sweep(
 
     Returns
     -------
-    pathlib.Path
-        The file written.
+    matplotlib.figure.Figure
+        The figure, with one figure legend entry per curve in ``curve`` order.
     """
     plt = _pyplot()
     metrics = [metric for metric in metrics if metric in set(frame["metric"])]
@@ -168,7 +171,7 @@ def plot_sweep(
     )
     figure.suptitle(title or f"{_describe(frame)}: learning-rate sweep", fontsize=13)
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
 
 
 def _linear_threshold(since_base: pd.Series) -> float:

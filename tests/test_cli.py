@@ -70,6 +70,16 @@ def test_export_writes_the_selected_long_frame(demo, tmp_path, suffix):
     pretraining = set(frame.loc[frame["phase"] == "pretraining", "curve"])
     assert "150M Dolma1.7 pretraining seed 0" in pretraining
     assert all(name.startswith("150M ") and name.endswith(" pretraining seed 0") for name in pretraining)
+    # the same plot-correct segments as to_frame: anchors, curve names, labels of the run that produced each point
+    selected = open_dataset(demo / "ddxr-demo.nc").sel(
+        params="150M", learning_rate=[1e-5, 1e-4], cumulative_tokens=slice(0, 5e10)
+    )
+    expected = to_frame(selected, ["olmes_9_average", "train_loss"], melt=True, runs=open_runs(demo / "ddxr-demo.nc"))
+    columns = ["curve", "anchor", "cumulative_tokens", "metric", "value"]
+    columns += ["learning_rate_label"] if suffix == ".parquet" else []  # CSV reads "1e-04" back as a number
+    pd.testing.assert_frame_equal(
+        frame[columns].astype(str), expected[columns].astype(str).reset_index(drop=True), check_dtype=False
+    )
     assert frame["cumulative_tokens"].max() <= 5e10
     assert set(frame["metric"]) <= {"olmes_9_average", "train_loss"}
     assert frame["value"].notna().all()
