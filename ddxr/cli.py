@@ -103,11 +103,12 @@ def command_demo(args: argparse.Namespace) -> None:
     root = Path(args.cache_dir)
     demo_dir = root / "demo"
     out = root / "ddxr-demo.nc"
-    _check_replaceable(out, "--cache-dir", force=False)
+    _check_replaceable(out, "--cache-dir", force=False, remedy="move it away or pass another --cache-dir")
     _clear_demo_sources(demo_dir)  # regenerated from scratch: the demo is deterministic
     if not args.quiet:
         print(f"generating demo sources in {demo_dir} ...")
     truth = generate(demo_dir)
+    _write_demo_manifest(demo_dir)  # now, so that a build that fails leaves files a rerun knows it may delete
     dd = DataDecideNext(demo_dir, truth.store_url, cache_dir=demo_dir / "cache", progress=not args.quiet)
     curves, runs = dd.build()
     _write_demo_manifest(demo_dir)
@@ -170,17 +171,20 @@ def _plot_demo_sweep(curves: xr.Dataset, runs: xr.Dataset, path: Path) -> Path |
     return plot_sweep(frame, path)
 
 
-def _check_replaceable(path: Path, flag: str, force: bool, inputs: Sequence[str | Path] = ()) -> None:
+def _check_replaceable(
+    path: Path,
+    flag: str,
+    force: bool,
+    inputs: Sequence[str | Path] = (),
+    remedy: str = "choose another file, or pass --force to replace it anyway",
+) -> None:
     """Refuse to replace a folder, an input of the command, or a file ddxr did not write (unless ``force``)."""
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a folder; give a file name ending in .nc")
     if path.exists() and any(path.resolve() == Path(source).resolve() for source in inputs):
         raise UsageError(f"{flag} {path}: is an input of this command; write the dataset to another file")
     if path.exists() and not force and not is_ddxr_cache(path):
-        raise UsageError(
-            f"{flag} {path}: exists and was not written by ddxr; refusing to replace it — choose another file, or "
-            "pass --force to replace it anyway"
-        )
+        raise UsageError(f"{flag} {path}: exists and was not written by ddxr; refusing to replace it — {remedy}")
 
 
 def command_build(args: argparse.Namespace) -> None:

@@ -124,7 +124,7 @@ def test_demo_never_deletes_files_it_did_not_write(tmp_path, capsys) -> None:
     assert not any(demo.iterdir())
     # a file named like the demo's output but not written by ddxr is not replaced either
     (tmp_path / "ddxr-demo.nc").write_text("not netCDF")
-    with pytest.raises(UsageError, match="was not written by ddxr"):
+    with pytest.raises(UsageError, match="was not written by ddxr.*move it away or pass another --cache-dir"):
         main(["--debug", "demo", "--cache-dir", str(tmp_path), "--quiet"])
 
 
