@@ -129,6 +129,17 @@ def _coordinate_values(column: pd.Series) -> np.ndarray:
     return column.astype(str).to_numpy(dtype=object)
 
 
+def _holds_booleans(column: pd.Series) -> bool:
+    """Tell whether an object column holds only booleans or missing values (facts of runs the build did not follow)."""
+    present = column.dropna()
+    return column.dtype == object and len(present) > 0 and present.map(type).isin([bool, np.bool_]).all()
+
+
+def _nullable_booleans(column: pd.Series) -> np.ndarray:
+    present = column.notna().to_numpy()
+    return np.where(present, column.to_numpy(dtype=object, na_value=False).astype(bool), None).astype(object)
+
+
 #: Sentinel of a missing integer in the runs table (netCDF has no nullable integers).
 MISSING_INT = -1
 
@@ -137,7 +148,8 @@ def assemble_runs(runs: pd.DataFrame) -> xr.Dataset:
     """Build the runs Dataset (dim ``run``, index ``run_id``) from a run-level table.
 
     Missing strings become ``""`` and missing integers :data:`MISSING_INT`, so the file round-trips exactly;
-    timestamps are stored in UTC without a zone.
+    booleans with missing values become object arrays of True, False and None; timestamps are stored in UTC without
+    a zone.
     """
     table = runs.set_index("run_id")
     table.index.name = "run"
@@ -145,8 +157,9 @@ def assemble_runs(runs: pd.DataFrame) -> xr.Dataset:
     for name, column in table.items():
         if isinstance(column.dtype, pd.DatetimeTZDtype):
             values = column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
-        elif pd.api.types.is_bool_dtype(column):
-            values = column.fillna(False).to_numpy(bool)
+        elif pd.api.types.is_bool_dtype(column) or _holds_booleans(column):
+            # booleans with missing values stay booleans (True/False/None), never the strings 'True'/'False'/''
+            values = column.to_numpy(bool) if column.notna().all() else _nullable_booleans(column)
         elif pd.api.types.is_integer_dtype(column):
             values = column.fillna(MISSING_INT).to_numpy(np.int64)
         elif pd.api.types.is_float_dtype(column):
@@ -156,5 +169,5 @@ def assemble_runs(runs: pd.DataFrame) -> xr.Dataset:
         data_vars[name] = ("run", values)
     dataset = xr.Dataset(data_vars, coords={"run_id": ("run", table.index.astype(str).to_numpy(dtype=object))})
     dataset = dataset.set_xindex("run_id")
-    dataset.attrs["missing_values"] = f'strings "", integers {MISSING_INT}, floats NaN; timestamps UTC'
+    dataset.attrs["missing_values"] = f'strings "", integers {MISSING_INT}, floats NaN, booleans None; timestamps UTC'
     return dataset

@@ -1,54 +1,95 @@
 """The netCDF cache: one file holds the curves (root group) and the runs table (group ``runs``).
 
-Layout of the root group (docs/dataset.md §4): the ``point`` MultiIndex is stored with CF "compression by gathering"
-(cf_xarray's ``encode_multi_index_as_compress``): each level is a small coordinate on its own dimension and
-``point`` holds the raveled level codes. String variables along ``point`` (``run_id``, ``run_type``) are stored as
-int32 codes plus a small table of their distinct values, because netCDF variable-length strings are uncompressed and
-must be read whole on open. Attributes netCDF cannot hold (dicts, lists, bools, None) are stored as JSON text and
-listed in ``ddxr_json_attrs``. Files are written to a temporary name in the target folder and moved into place
-with ``os.replace``, so readers never see half a file. Nothing is pickled.
+File layout (schema 2; ``docs/file_format.md`` has the full description). It is chosen so that a colleague who opens
+the file with plain xarray, without ddxr, gets right answers or an error, never a silently wrong selection:
+
+- Every point coordinate, index levels included, is an ordinary coordinate along ``point`` holding its plain values
+  (strings as zlib-compressed character arrays, numbers and booleans as themselves). ``point`` has no index in the
+  file, so stock ``ds.sel(params="150M")`` raises "no index found" and ``ds.where(ds.params == "150M", drop=True)``
+  selects exactly the right points.
+- Next to each string coordinate and each index level ``X`` sit ddxr's compact copy: ``X__codes`` (int32 along
+  ``point``) and ``X__values`` (its distinct values, on dimension ``X__value``). ddxr builds its index from these
+  without reading or factorizing millions of strings; their dimension names match no coordinate a user would select.
+- Booleans use xarray's own encoding (int8 with ``dtype = "bool"``) in both groups, so plain xarray reads them as
+  booleans; booleans with missing values (runs table) are int8 with ``_FillValue`` -1 and CF ``flag_meanings``.
+- Attributes netCDF cannot hold (dicts, lists, bools, None) are JSON text listed in ``ddxr_json_attrs``.
+- ``Conventions = "CF-1.8"``; ``ddxr_decoding`` says in one sentence how to read the file without ddxr;
+  ``schema_version`` is refused when it is not this module's :data:`SCHEMA_VERSION` (rebuild: ``ddxr build --refresh``).
+
+Files are written to a temporary name in the target folder (``.<name>.<32 hex digits>.tmp``, removed by the next
+build if a killed build left it) and moved into place with ``os.replace``, so readers never see half a file. Nothing
+is pickled.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
+import re
 import uuid
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import cf_xarray
 import filelock
 import numpy as np
 import pandas as pd
 import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
-from xarray.indexes import PandasIndex, PandasMultiIndex
+from xarray.indexes import PandasIndex
 
 from ddxr._version import __version__
-from ddxr.errors import BuildError, CacheError
+from ddxr.coders import (
+    CODES_SUFFIX,
+    DECODES_ATTR,
+    VALUES_ATTR,
+    VALUES_SUFFIX,
+    CategoricalCoder,
+    JsonAttrsCoder,
+    NullableBooleanCoder,
+    checked_codes,
+    checked_table,
+    codes_attrs,
+    decode_attrs,
+    encode_attrs,
+    is_nullable_boolean,
+    jsonable,
+)
+from ddxr.errors import BuildError, CacheError, DdxrError, InvalidArgumentError
 from ddxr.handles import open_shared
 from ddxr.index import set_ddxr_index
-from ddxr.schema import FLOAT_LEVELS, POINT_DIM, validate_dataset
+from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, validate_dataset
 
-#: Version of the file layout; files written by a newer layout are refused.
-SCHEMA_VERSION: int = 1
-#: The only engine ddxr reads and writes with.
+#: Version of the file layout; files of another layout are refused with a request to rebuild them.
+SCHEMA_VERSION: int = 2
+#: The only engine ddxr reads and writes netCDF with.
 ENGINE = "netcdf4"
 #: Group of the runs table inside a cache file.
 RUNS_GROUP = "runs"
+#: CF conventions the file follows.
+CONVENTIONS = "CF-1.8"
+#: How to read a file without ddxr, in one sentence (attribute ``ddxr_decoding`` of both groups).
+DECODING = (
+    "Without ddxr, every point coordinate is an ordinary coordinate along 'point' (select with "
+    "ds.where(ds.params == '150M', drop=True); ds.sel on them raises because 'point' has no index, and the "
+    "'*__codes'/'*__values' variables are ddxr's compact copy of the strings and levels); with ddxr installed, "
+    "xr.open_dataset(path, engine='ddxr') gives the labelled Dataset with .sel on every level."
+)
 
 _COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
 _POINT_CHUNK = 1 << 14  # points per chunk: small enough that reading a sweep decompresses little
-_CATEGORIES_ATTR = "ddxr_categories"  # on a codes variable: the variable holding its distinct strings
-_JSON_ATTRS = "ddxr_json_attrs"  # names of the attributes stored as JSON text
-_BOOLEAN_ATTR = "ddxr_boolean"  # on an int8 variable: it holds booleans (decoded by ddxr, see _encode_booleans)
 _INDEXES_ATTR = "ddxr_indexes"  # coordinates indexed without being dimension coordinates (runs: run_id along run)
-_READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError)  # what netCDF4/HDF5 raise on bad files
+_FILE_ATTRS = ("Conventions", "ddxr_decoding")  # describe the file, not the data: not part of the decoded Dataset
+# what netCDF4/HDF5 raise on damaged files (an unreadable HDF5 attribute is an AttributeError, a bad type a TypeError)
+_READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError)
+_REBUILD = "rebuild it with `ddxr build --refresh` (or delete the file)"
+_JSON = JsonAttrsCoder()
+_BOOLEANS = NullableBooleanCoder()
+_CATEGORIES = CategoricalCoder()
 
 
 def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Path:
@@ -71,8 +112,8 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     Raises
     ------
     BuildError
-        If a point is duplicated by (lineage, run_id, step), an index level holds missing values, or a string
-        variable holds missing values (netCDF would bring them back as ``''``: use explicit sentinels).
+        If the curves break the Dataset contract (:func:`ddxr.schema.validate_dataset`), or a string variable holds
+        missing values (netCDF would bring them back as ``''``: use explicit sentinels).
     CacheError
         If the file cannot be written.
 
@@ -84,6 +125,8 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     path = Path(path)
     encoded_curves, encoded_runs = encode(curves, runs)
 
+    encoded_curves = _as_utf8_bytes(encoded_curves)
+
     def write(target: Path) -> None:
         encoded_curves.to_netcdf(target, mode="w", engine=ENGINE, encoding=_encodings(encoded_curves))
         encoded_runs.to_netcdf(target, mode="a", group=RUNS_GROUP, engine=ENGINE, encoding=_encodings(encoded_runs))
@@ -92,7 +135,11 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     return path
 
 
-def open_dataset(path: str | Path, chunks: Mapping[str, int] | int | str | None = None) -> xr.Dataset:
+def open_dataset(
+    path: str | Path,
+    chunks: Mapping[str, int] | int | str | None = None,
+    drop_variables: str | Iterable[Hashable] | None = None,
+) -> xr.Dataset:
     """Open the curves of a cache file, lazily, with ddxr's index on ``point``.
 
     Parameters
@@ -102,6 +149,8 @@ def open_dataset(path: str | Path, chunks: Mapping[str, int] | int | str | None 
     chunks : mapping, int, str or None
         Passed to :func:`xarray.open_dataset`: ``None`` loads variables lazily with numpy on first use; anything
         else backs them with dask chunks (e.g. ``{"point": 100_000}``).
+    drop_variables : str or iterable of str, optional
+        Variables (metrics or point coordinates other than the index levels) to leave out; they are never read.
 
     Returns
     -------
@@ -111,19 +160,23 @@ def open_dataset(path: str | Path, chunks: Mapping[str, int] | int | str | None 
     Raises
     ------
     CacheError
-        If the file is missing, truncated, corrupt, not a ddxr cache, or written by a newer schema.
+        If the file is missing, truncated, corrupt, not a ddxr cache, or of another schema.
+    InvalidArgumentError
+        If ``drop_variables`` names an index level (the index needs every level).
     """
     path = Path(path)
-    return decode_curves(_open(path, group=None, chunks=chunks), path)
+    return decode_curves(_open(path, group=None, chunks=chunks), path, drop_variables)
 
 
-def open_runs(path: str | Path) -> xr.Dataset:
+def open_runs(path: str | Path, drop_variables: str | Iterable[Hashable] | None = None) -> xr.Dataset:
     """Open the runs table (group ``runs``) of a cache file.
 
     Parameters
     ----------
     path : str or pathlib.Path
         A file written by :func:`write_dataset`.
+    drop_variables : str or iterable of str, optional
+        Columns of the runs table to leave out.
 
     Returns
     -------
@@ -133,10 +186,10 @@ def open_runs(path: str | Path) -> xr.Dataset:
     Raises
     ------
     CacheError
-        If the file is missing, truncated, corrupt, lacks the runs group, or was written by a newer schema.
+        If the file is missing, truncated, corrupt, lacks the runs group, or is of another schema.
     """
     path = Path(path)
-    return decode_runs(_open(path, group=RUNS_GROUP, chunks=None), path)
+    return decode_runs(_open(path, group=RUNS_GROUP, chunks=None), path, drop_variables)
 
 
 def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
@@ -150,7 +203,8 @@ def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset
     Returns
     -------
     tuple of xarray.Dataset
-        ``(curves, runs)`` checked, stamped with provenance and encoded; write them with any xarray writer.
+        ``(curves, runs)`` checked, stamped with provenance and encoded (the layout of the module docstring);
+        write them with any xarray writer.
 
     Raises
     ------
@@ -159,12 +213,14 @@ def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset
     """
     curves = _checked_curves(curves)
     _check_strings(runs, RUNS_GROUP)
-    encoded_curves = _encode_booleans(_encode_curves(_stamped(curves)))
-    encoded_runs = _encode_booleans(_encode_attrs_of(_encode_indexes(_stamped(runs.drop_encoding()))))
+    encoded_curves = _encode_curves(_stamped(curves))
+    encoded_runs = _encode_variables(_encode_indexes(_stamped(runs.drop_encoding())))
     return encoded_curves, encoded_runs
 
 
-def decode_curves(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
+def decode_curves(
+    raw: xr.Dataset, where: str | Path, drop_variables: str | Iterable[Hashable] | None = None
+) -> xr.Dataset:
     """Return the curves from what xarray read of a stored root group (:func:`encode`'s first result), on any storage.
 
     Parameters
@@ -173,33 +229,34 @@ def decode_curves(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
         Opened without default indexes (``create_default_indexes=False``); closed when the result is closed.
     where : str or pathlib.Path
         The file or store, named in errors.
+    drop_variables : str or iterable of str, optional
+        As for :func:`open_dataset`.
 
     Raises
     ------
     CacheError
-        If ``raw`` is not a ddxr curves group, is of a newer schema, or its codes are unreadable.
+        If ``raw`` is not a ddxr curves group of this schema, or is damaged (any failure of decoding it).
     """
     _check_schema(raw, where)
     try:
-        curves = _decode_curves(raw, where)
+        curves = _decode_curves(raw, where, _drop_list(drop_variables))
     except BaseException as error:
         raw.close()
-        if isinstance(error, _READ_ERRORS | BuildError):  # a corrupt file can fail only once its codes are read
-            raise _unreadable(where, error) from error
-        raise
+        raise _as_cache_error(error, where) from error
     return _closing(curves, raw)
 
 
-def decode_runs(raw: xr.Dataset, where: str | Path) -> xr.Dataset:
+def decode_runs(
+    raw: xr.Dataset, where: str | Path, drop_variables: str | Iterable[Hashable] | None = None
+) -> xr.Dataset:
     """Return the runs table, in memory, from what xarray read of a stored runs group; see :func:`decode_curves`."""
     _check_schema(raw, where)
     try:
-        runs = _decode_indexes(_decode_attrs_of(_decode_booleans(raw.load())))
+        raw = raw.drop_vars([name for name in _drop_list(drop_variables) if name in raw.variables])
+        runs = _decode_indexes(_decode_variables(raw.load(), RUNS_GROUP))
     except BaseException as error:
         raw.close()
-        if isinstance(error, _READ_ERRORS):
-            raise _unreadable(where, error, RUNS_GROUP) from error
-        raise
+        raise _as_cache_error(error, where, RUNS_GROUP) from error
     return _closing(runs, raw)
 
 
@@ -231,7 +288,7 @@ def fingerprint(parts: Mapping[str, object]) -> str:
     16
     """
     canonical = json.dumps(
-        {"parts": _jsonable(parts, "parts"), "schema_version": SCHEMA_VERSION},
+        {"parts": jsonable(parts, "parts"), "schema_version": SCHEMA_VERSION},
         sort_keys=True,
         separators=(",", ":"),
         allow_nan=True,
@@ -246,7 +303,8 @@ def cached_build(
 
     A file lock (``<path>.lock``) keeps concurrent builders apart: the second one waits, finds the file written by
     the first and opens it instead of building again. The file name (usually a :func:`fingerprint`) is the caller's
-    business: a stale cache is one whose fingerprint, hence path, changed.
+    business: a stale cache is one whose fingerprint, hence path, changed. A build also removes the temporary files
+    that killed builds left in the folder (only ddxr's own, and only those no running build is writing).
 
     Parameters
     ----------
@@ -265,15 +323,48 @@ def cached_build(
     Raises
     ------
     CacheError
-        If an existing file is unreadable (rebuild with ``refresh=True`` or delete it).
+        If an existing file is unreadable (rebuild it with ``ddxr build --refresh`` or delete it).
     """
     path = Path(path)
     if refresh or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(f"{path}.lock"):
             if refresh or not path.exists():  # another builder may have finished while we waited
+                remove_leftover_temporaries(path)
                 write_dataset(*build(), path)
     return open_dataset(path), open_runs(path)
+
+
+#: Name of the temporary file a write goes to: ``.<target name>.<32 hex digits>.tmp`` in the target's folder.
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{32}\.tmp$")
+
+
+def remove_leftover_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files killed writes left next to ``path``; call with ``path``'s lock held.
+
+    Only names of :data:`TEMPORARY_NAME` are touched: those of ``path`` itself (its lock is held, so no write of
+    it is running) and those of other targets whose lock is free (no build of them is running).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed = []
+    for candidate in path.parent.glob(".*.tmp"):
+        match = TEMPORARY_NAME.match(candidate.name)
+        if match is None:
+            continue
+        target = candidate.with_name(match["target"])
+        if target != path:
+            try:
+                with filelock.FileLock(f"{target}.lock", timeout=0):
+                    pass
+            except filelock.Timeout:  # a build of that file is writing it right now
+                continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
 
 
 # --- validation -----------------------------------------------------------------------------------------------------
@@ -289,8 +380,8 @@ def _checked_curves(curves: xr.Dataset) -> xr.Dataset:
 
 def _check_strings(ds: xr.Dataset, where: str) -> None:
     for name, variable in ds.variables.items():
-        # MultiIndex levels are checked through their codes instead (set_ddxr_index)
-        if variable.dtype.kind in "OUT" and not isinstance(ds.xindexes.get(name), PandasMultiIndex):
+        # MultiIndex levels are checked through their codes instead (validate_dataset)
+        if variable.dtype.kind in "OUT" and name not in (POINT_DIM, *LEVELS) and not is_nullable_boolean(variable):
             missing = int(pd.isna(np.asarray(variable.values).reshape(-1)).sum())
             if missing:
                 raise BuildError(
@@ -309,53 +400,31 @@ def _stamped(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _encode_curves(curves: xr.Dataset) -> xr.Dataset:
-    levshape = [len(level) for level in curves.indexes[POINT_DIM].levels]
-    if np.prod(levshape, dtype=float) >= np.iinfo(np.int64).max:  # raveled codes must fit int64
-        raise CacheError(
-            f"curves Dataset: the {POINT_DIM!r} index has {levshape} distinct level values, too many to encode as "
-            "one int64 per point; split the Dataset before writing"
-        )
-    encoded = cf_xarray.encode_multi_index_as_compress(curves, POINT_DIM)
-    return _encode_attrs_of(_encode_categories(encoded))
+    """Encode the ddxr index as plain level coordinates along ``point``; strings and levels get codes and tables."""
+    index = curves.xindexes[POINT_DIM].index
+    plain = curves.drop_indexes([POINT_DIM, *LEVELS]).drop_vars(POINT_DIM)
+    extra: dict[Hashable, xr.Variable] = {}
+    for name, variable in plain.variables.items():
+        if variable.dims != (POINT_DIM,) or not (name in LEVELS or variable.dtype.kind in "OUT"):
+            continue
+        factorized = None
+        if name in LEVELS:  # the index's own codes: no re-factorizing of millions of values
+            position = LEVELS.index(name)
+            factorized = (index.codes[position], index.levels[position].to_numpy())
+        encoded = _CATEGORIES.encode(str(name), variable.to_base_variable(), factorized)
+        extra.update({key: value for key, value in encoded.items() if key != name})
+    encoded = plain.assign_coords(extra)
+    return _encode_variables(encoded)
 
 
-def _encode_categories(ds: xr.Dataset) -> xr.Dataset:
-    """Strings along ``point`` → int32 codes plus one small variable of distinct values each."""
+def _encode_variables(ds: xr.Dataset) -> xr.Dataset:
+    """Encode nullable booleans as int8 and attrs as JSON where needed; add the file's own attributes."""
+    variables = {name: _JSON.encode(_BOOLEANS.encode(variable, name), name) for name, variable in ds.variables.items()}
     encoded = ds.copy()
-    for name, variable in ds.variables.items():
-        if variable.dims == (POINT_DIM,) and variable.dtype.kind in "OUT":
-            codes, uniques = pd.factorize(np.asarray(variable.values, dtype=object))
-            table = f"{name}__categories"
-            encoded[name] = xr.Variable(
-                variable.dims, codes.astype(np.int32), attrs={**variable.attrs, _CATEGORIES_ATTR: table}
-            )
-            encoded[table] = xr.Variable((table,), np.asarray(uniques, dtype=object))
+    for name, variable in variables.items():
+        encoded[name] = variable
+    encoded.attrs = encode_attrs({**ds.attrs, "Conventions": CONVENTIONS, "ddxr_decoding": DECODING}, "Dataset")
     return encoded
-
-
-def _encode_booleans(ds: xr.Dataset) -> xr.Dataset:
-    """Booleans → int8 flagged for ddxr's own decoding.
-
-    xarray decodes its own boolean encoding through ``apply_ufunc``, whose first call imports dask (seconds on a
-    cold start); reading int8 and casting in ddxr keeps opening a file fast.
-    """
-    encoded = ds.copy()
-    for name, variable in ds.variables.items():
-        if variable.dtype == bool:
-            encoded[name] = xr.Variable(
-                variable.dims, variable.values.astype(np.int8), attrs={**variable.attrs, _BOOLEAN_ATTR: 1}
-            )
-    return encoded
-
-
-def _decode_booleans(ds: xr.Dataset) -> xr.Dataset:
-    """Decode flagged int8 variables back to booleans, in memory (used for the small runs table)."""
-    flagged = [name for name, variable in ds.variables.items() if _BOOLEAN_ATTR in variable.attrs]
-    for name in flagged:
-        variable = ds.variables[name]
-        attrs = {key: value for key, value in variable.attrs.items() if key != _BOOLEAN_ATTR}
-        ds[name] = xr.Variable(variable.dims, np.asarray(variable.values).astype(bool), attrs=attrs)
-    return ds
 
 
 def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
@@ -364,41 +433,40 @@ def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
     return ds.reset_index(names).assign_attrs({_INDEXES_ATTR: json.dumps(names)}) if names else ds
 
 
-def _encode_attrs_of(ds: xr.Dataset) -> xr.Dataset:
-    encoded = ds.copy()
-    encoded.attrs = _encode_attrs(ds.attrs, "Dataset")
-    for name, variable in encoded.variables.items():
-        variable.attrs = _encode_attrs(variable.attrs, f"variable {name!r}")
-    return encoded
-
-
-def _encode_attrs(attrs: Mapping[Hashable, Any], owner: str) -> dict[Hashable, Any]:
-    """Encode attrs for netCDF: str, numbers and numeric arrays stay; dict, list, bool and None go as JSON text."""
-
-    def native(value: Any) -> bool:
-        is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-        return isinstance(value, str) or is_number or (isinstance(value, np.ndarray) and value.dtype.kind in "iuf")
-
-    as_json = [key for key, value in attrs.items() if not native(value)]
-    encoded = {
-        key: json.dumps(_jsonable(value, f"{owner} attribute {key!r}")) if key in as_json else value
-        for key, value in attrs.items()
-    }
-    if as_json:
-        encoded[_JSON_ATTRS] = json.dumps(as_json)
-    return encoded
-
-
 def _encodings(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
-    """Return encodings: zlib + shuffle on numeric variables, points chunked so a sweep reads only its neighbourhood."""
+    """Return encodings: zlib + shuffle on numbers, zlib on strings along ``point``; points chunked for sweeps.
+
+    Starts from each variable's own encoding, which only the coders set (the Datasets are written without theirs).
+    """
     encodings: dict[Hashable, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        if variable.dtype.kind not in "biufM" or variable.size == 0:
+        encodings[name] = dict(variable.encoding)
+        if variable.size == 0:
             continue
-        encodings[name] = dict(_COMPRESSION)
-        if variable.dims == (POINT_DIM,):
-            encodings[name]["chunksizes"] = (min(variable.size, _POINT_CHUNK),)
+        if variable.dims == (POINT_DIM,) and variable.dtype.kind == "S":
+            # character arrays compress; netCDF's variable-length strings do not
+            encodings[name].update(zlib=True, complevel=_COMPRESSION["complevel"])
+        elif variable.dtype.kind in "biufM":
+            encodings[name].update(_COMPRESSION)
+            if variable.dims == (POINT_DIM,):
+                encodings[name]["chunksizes"] = (min(variable.size, _POINT_CHUNK),)
     return encodings
+
+
+def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
+    """Encode the plain string copies along ``point`` as fixed-width UTF-8 bytes (netCDF character arrays).
+
+    The bytes are gathered from each table of distinct values: xarray would encode each of millions of strings in
+    Python.
+    """
+    encoded = ds.copy()
+    for name, variable in ds.variables.items():
+        codes = f"{name}{CODES_SUFFIX}"
+        if variable.dims == (POINT_DIM,) and variable.dtype.kind in "OUT" and codes in ds.variables and variable.size:
+            table = [value.encode("utf-8") for value in ds[f"{name}{VALUES_SUFFIX}"].values.tolist()]
+            utf8 = np.array(table)[ds[codes].values]
+            encoded[name] = xr.Variable(variable.dims, utf8, attrs={**variable.attrs, "_Encoding": "utf-8"})
+    return encoded
 
 
 def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -419,35 +487,35 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
     if not path.is_file():
-        raise CacheError(f"{path}: no such cache file; build it (cached_build) or check the path")
+        raise CacheError(f"{path}: no such cache file; build it with `ddxr build` or check the path")
     try:
         # one handle per file version for every open: several handles on one file, some closed by the garbage
         # collector, crash netCDF-C/HDF5 (see ddxr.handles); variables are read from disk when used
         store = xr.backends.NetCDF4DataStore(open_shared(path), group=group)
-        # the curves' dimension coordinates are index codes and level tables: no pandas index needed for them
-        ds = xr.open_dataset(store, chunks=chunks, create_default_indexes=group is not None)
+        # the curves have no dimension coordinate to index; the runs table's are restored by _decode_indexes
+        return xr.open_dataset(store, chunks=chunks, create_default_indexes=group is not None)
     except _READ_ERRORS as error:
         raise _unreadable(path, error, group) from error
-    return ds
 
 
-def _check_schema(ds: xr.Dataset, where: str | Path) -> None:
+def _check_schema(ds: xr.Dataset, path: str | Path) -> None:
     version = _schema_version(ds.attrs.get("schema_version"))
-    if version is None or version > SCHEMA_VERSION:
-        ds.close()
-        if version is None:
-            raise CacheError(
-                f"{where}: expected a ddxr cache file with an integer schema_version attribute, found none"
-            )
-        raise CacheError(
-            f"{where}: written by a newer ddxr (schema {version} > {SCHEMA_VERSION}); upgrade ddxr or rebuild"
-        )
+    if version == SCHEMA_VERSION:
+        return
+    ds.close()
+    if version is None:
+        raise CacheError(f"{path}: expected a ddxr cache file with an integer schema_version attribute, found none")
+    if version > SCHEMA_VERSION:
+        raise CacheError(f"{path}: written by a newer ddxr (schema {version} > {SCHEMA_VERSION}); upgrade ddxr")
+    raise CacheError(
+        f"{path}: written by an older ddxr (file layout {version}, this ddxr reads {SCHEMA_VERSION}); {_REBUILD}"
+    )
 
 
 def _schema_version(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -458,66 +526,119 @@ def _closing(decoded: xr.Dataset, raw: xr.Dataset) -> xr.Dataset:
     return decoded
 
 
-def _unreadable(path: str | Path, error: Exception, group: str | None = None) -> CacheError:
+def _unreadable(path: str | Path, error: BaseException, group: str | None = None) -> CacheError:
     where = f" (group {group!r})" if group else ""
     return CacheError(
         f"{path}{where}: expected a readable ddxr netCDF cache, found a truncated, corrupt or foreign file "
-        f"({type(error).__name__}: {error}); rebuild with refresh=True or delete the file"
+        f"({type(error).__name__}: {error}); {_REBUILD}"
     )
 
 
-def _decode_curves(raw: xr.Dataset, path: str | Path) -> xr.Dataset:
-    if "compress" not in raw.variables.get(POINT_DIM, xr.Variable((), 0)).attrs:
-        raise CacheError(f"{path}: expected a ddxr curves file with a compressed {POINT_DIM!r} index, found none")
-    return set_ddxr_index(_decode_point_index(_decode_attrs_of(_decode_point_variables(raw))))
+def _as_cache_error(error: BaseException, path: str | Path, group: str | None = None) -> BaseException:
+    """Return what decoding a damaged file raised as a CacheError naming the file (ddxr errors, interrupts as is).
+
+    A decoder facing arbitrary bytes can fail in any way (a JSON attribute that is not JSON, a table of the wrong
+    type, codes outside their table); every such failure means the same thing to the user: rebuild the file.
+    """
+    if isinstance(error, CacheError):
+        where = f" (group {group!r})" if group else ""
+        if str(error).startswith(str(path)):
+            return error
+        hint = "" if "ddxr build" in str(error) else f"; the file is damaged: {_REBUILD}"
+        return CacheError(f"{path}{where}: {error}{hint}")
+    if isinstance(error, DdxrError) or not isinstance(error, Exception):
+        return error
+    return _unreadable(path, error, group)
 
 
-def _decode_point_variables(raw: xr.Dataset) -> xr.Dataset:
-    """Point variables → lazy arrays reading only the file chunks a selection touches; codes → strings."""
-    tables = [
-        variable.attrs[_CATEGORIES_ATTR] for variable in raw.variables.values() if _CATEGORIES_ATTR in variable.attrs
-    ]
-    lazy = {}
-    for name, variable in raw.variables.items():  # one wrap per variable, never per point
-        if variable.dims != (POINT_DIM,) or name == POINT_DIM:
-            continue
-        table = variable.attrs.get(_CATEGORIES_ATTR)
-        # object, not <U: a fixed-width copy per point would take bytes × longest string
-        strings = None if table is None else np.asarray(raw[table].values, dtype=object)
-        boolean = _BOOLEAN_ATTR in variable.attrs
-        attrs = {key: value for key, value in variable.attrs.items() if key not in (_CATEGORIES_ATTR, _BOOLEAN_ATTR)}
-        lazy[name] = xr.Variable(
-            variable.dims, _lazy(variable, strings, boolean), attrs=attrs, encoding=variable.encoding
+def _drop_list(drop_variables: str | Iterable[Hashable] | None) -> list[Hashable]:
+    if drop_variables is None:
+        return []
+    return [drop_variables] if isinstance(drop_variables, str) else list(drop_variables)
+
+
+def _decode_curves(raw: xr.Dataset, path: str | Path, drop: list[Hashable]) -> xr.Dataset:
+    coded = {
+        variable.attrs[DECODES_ATTR]: name for name, variable in raw.variables.items() if DECODES_ATTR in variable.attrs
+    }
+    absent = [name for name in LEVELS if name not in coded]
+    if absent:
+        raise CacheError(f"{path}: expected a ddxr curves group with codes of the index levels, missing {absent}")
+    levels = [name for name in drop if name in LEVELS]
+    if levels:
+        raise InvalidArgumentError(
+            f"drop_variables={levels}: index levels cannot be dropped; drop metrics or other coordinates"
         )
-    coords = {name: variable for name, variable in lazy.items() if name in raw.coords}
-    data = {name: variable for name, variable in lazy.items() if name not in raw.coords}
-    return raw.drop_vars(tables).assign_coords(coords).assign(data)
+    roles = {name: name in raw.coords for name in coded}
+    # the plain copies are for readers without ddxr: ddxr reads the codes instead, and never touches the copies
+    dropped = [
+        *coded,
+        *(f"{name}{suffix}" for name in drop if name in coded for suffix in (CODES_SUFFIX, VALUES_SUFFIX)),
+    ]
+    raw = raw.drop_vars([name for name in (*dropped, *drop) if name in raw.variables])
+    decoded = _decode_point_variables(
+        raw, {name: codes for name, codes in coded.items() if name not in drop}, roles, path
+    )
+    return set_ddxr_index(_decode_point_index(decoded, raw, {name: coded[name] for name in LEVELS}))
 
 
-def _lazy(variable: xr.Variable, strings: np.ndarray | None, boolean: bool) -> Any:
-    if variable.chunks is not None:  # dask reads whole chunks already; only strings and booleans need decoding
-        if boolean:
-            return variable.data.astype(bool)
-        return variable.data if strings is None else variable.data.map_blocks(strings.take, dtype=object)
+def _decode_point_variables(
+    raw: xr.Dataset, coded: Mapping[str, str], roles: Mapping[str, bool], path: str | Path
+) -> xr.Dataset:
+    """Decode point variables as lazy arrays reading only the chunks a selection touches; codes → values."""
+    lazy: dict[Hashable, xr.Variable] = {}
+    for name, codes_name in coded.items():
+        if name in LEVELS:
+            continue
+        codes = raw[codes_name].variable
+        table = checked_table(name, codes, raw[codes.attrs[VALUES_ATTR]].variable)
+        attrs = decode_attrs(codes_attrs(codes), f"variable {name!r}")
+        lazy[name] = xr.Variable(POINT_DIM, _lazy(name, codes, table, path), attrs=attrs, encoding=codes.encoding)
+    bookkeeping = {*coded.values(), *(raw[codes].attrs[VALUES_ATTR] for codes in coded.values())}
+    for name, variable in raw.variables.items():  # one wrap per variable, never per point
+        if variable.dims == (POINT_DIM,) and name not in bookkeeping:
+            attrs = decode_attrs(variable.attrs, f"variable {name!r}")
+            lazy[name] = xr.Variable(
+                POINT_DIM, _lazy(name, variable, None, path), attrs=attrs, encoding=variable.encoding
+            )
+    rest = raw.drop_vars([name for name in raw.variables if name in bookkeeping or name in lazy])
+    coords = {name: variable for name, variable in lazy.items() if roles.get(name, name in raw.coords)}
+    decoded = rest.assign_coords(coords).assign({name: lazy[name] for name in lazy if name not in coords})
+    decoded.attrs = decode_attrs({key: value for key, value in raw.attrs.items() if key not in _FILE_ATTRS}, "Dataset")
+    return decoded
+
+
+def _lazy(name: Hashable, variable: xr.Variable, strings: np.ndarray | None, path: str | Path) -> Any:
+    if variable.chunks is not None:  # dask reads whole chunks already; only strings need decoding
+        if strings is None:
+            return variable.data
+        return variable.data.map_blocks(functools.partial(_take, strings=strings, name=name), dtype=object)
     # cached like xarray's own lazy variables: to_dataframe reads `.data` several times
     return indexing.MemoryCachedArray(
-        indexing.CopyOnWriteArray(indexing.LazilyIndexedArray(_PointArray(variable, strings, boolean)))
+        indexing.CopyOnWriteArray(indexing.LazilyIndexedArray(_PointArray(name, variable, strings, path)))
     )
+
+
+def _take(codes: np.ndarray, strings: np.ndarray, name: Hashable) -> np.ndarray:
+    """Return the values of checked codes (a module function, so dask can pickle it to worker processes)."""
+    return strings.take(checked_codes(str(name), codes, len(strings)))
 
 
 class _PointArray(BackendArray):
     """A lazily opened point variable that reads an integer selection chunk range by chunk range.
 
     netCDF4 reads an integer array element by element (~30 µs each); reading the touched chunks as slices and
-    gathering in memory turns a 5,000-point sweep from seconds into milliseconds.
+    gathering in memory turns a 5,000-point sweep from seconds into milliseconds. Codes are checked against their
+    table and read errors of a damaged file surface as :class:`~ddxr.errors.CacheError`.
     """
 
-    def __init__(self, variable: xr.Variable, strings: np.ndarray | None, boolean: bool = False) -> None:
+    def __init__(self, name: Hashable, variable: xr.Variable, strings: np.ndarray | None, path: str | Path) -> None:
+        self.name = name
         self.variable = variable
         self.strings = strings
-        self.boolean = boolean
+        self.path = path
         self.shape = variable.shape
-        self.dtype = np.dtype(object) if strings is not None else np.dtype(bool) if boolean else variable.dtype
+        self.dtype = np.dtype(object) if strings is not None else variable.dtype
         self.chunk = int(variable.encoding.get("chunksizes", (_POINT_CHUNK,))[0])
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
@@ -525,13 +646,14 @@ class _PointArray(BackendArray):
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
         (positions,) = key
-        if isinstance(positions, slice) or np.ndim(positions) == 0:
-            values = np.asarray(self.variable[positions].values)
-        else:
-            values = self._gather(np.asarray(positions, dtype=np.int64))
-        if self.boolean:
-            return values.astype(bool)
-        return values if self.strings is None else self.strings.take(values)
+        try:
+            if isinstance(positions, slice) or np.ndim(positions) == 0:
+                values = np.asarray(self.variable[positions].values)
+            else:
+                values = self._gather(np.asarray(positions, dtype=np.int64))
+        except _READ_ERRORS as error:
+            raise _unreadable(self.path, error) from error
+        return values if self.strings is None else _take(values, self.strings, self.name)
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         touched = np.unique(positions // self.chunk)
@@ -546,28 +668,33 @@ class _PointArray(BackendArray):
         return np.concatenate(pieces)[positions + offsets[run]]
 
 
-def _decode_point_index(raw: xr.Dataset) -> xr.Dataset:
-    """CF compression by gathering → MultiIndex, from the stored codes (no re-factorizing of 2 M values).
-
-    Equivalent to ``cf_xarray.decode_compress_to_multi_index``, which also drops coordinates that no data variable
-    carries; here every coordinate is kept.
-    """
-    names = raw[POINT_DIM].attrs["compress"].split(" ")
-    # netCDF cannot type an empty string variable: it comes back float64
-    levels = [pd.Index(raw[name].values, name=name, dtype=_level_dtype(name, raw[name].size)) for name in names]
-    codes = np.unravel_index(np.asarray(raw[POINT_DIM].values), [len(level) for level in levels])
-    index = pd.MultiIndex(levels=levels, codes=codes, names=names, verify_integrity=False)
-    attrs = {name: raw[name].attrs for name in names}
-    point_attrs = {key: value for key, value in raw[POINT_DIM].attrs.items() if key != "compress"}
-    decoded = raw.drop_vars([POINT_DIM, *names]).assign_coords(xr.Coordinates.from_pandas_multiindex(index, POINT_DIM))
-    decoded[POINT_DIM].attrs = point_attrs
-    for name in names:
+def _decode_point_index(decoded: xr.Dataset, raw: xr.Dataset, coded: Mapping[str, str]) -> xr.Dataset:
+    """Decode the level codes and tables as a MultiIndex over ``point`` (no re-factorizing)."""
+    levels, codes, attrs = [], [], {}
+    for name in LEVELS:
+        level_codes = raw[coded[name]].variable
+        table = checked_table(name, level_codes, raw[level_codes.attrs[VALUES_ATTR]].variable)
+        # netCDF cannot type an empty string variable: it comes back float64
+        levels.append(
+            pd.Index(table, name=name, dtype=object if table.size == 0 and name not in FLOAT_LEVELS else None)
+        )
+        codes.append(checked_codes(name, np.asarray(level_codes.values), len(table)))
+        attrs[name] = decode_attrs(codes_attrs(level_codes), f"variable {name!r}")
+    index = pd.MultiIndex(levels=levels, codes=codes, names=list(LEVELS), verify_integrity=False)
+    decoded = decoded.assign_coords(xr.Coordinates.from_pandas_multiindex(index, POINT_DIM))
+    for name in LEVELS:
         decoded[name].attrs = attrs[name]
     return decoded
 
 
-def _level_dtype(name: str, size: int) -> type | None:
-    return object if size == 0 and name not in FLOAT_LEVELS else None
+def _decode_variables(ds: xr.Dataset, group: str) -> xr.Dataset:
+    """Invert :func:`_encode_variables` on a Dataset read into memory."""
+    decoded = ds.copy()
+    for name, variable in ds.variables.items():
+        decoded[name] = _JSON.decode(_BOOLEANS.decode(variable, name), name)
+    owner = f"group {group!r}"
+    decoded.attrs = decode_attrs({key: value for key, value in ds.attrs.items() if key not in _FILE_ATTRS}, owner)
+    return decoded
 
 
 def _decode_indexes(ds: xr.Dataset) -> xr.Dataset:
@@ -575,40 +702,6 @@ def _decode_indexes(ds: xr.Dataset) -> xr.Dataset:
     for name in names:
         ds = ds.set_xindex(name)
     return ds
-
-
-def _decode_attrs_of(ds: xr.Dataset) -> xr.Dataset:
-    ds.attrs = _decode_attrs(ds.attrs)
-    for variable in ds.variables.values():
-        variable.attrs = _decode_attrs(variable.attrs)
-    return ds
-
-
-def _decode_attrs(attrs: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-    as_json = json.loads(attrs.get(_JSON_ATTRS, "[]"))
-    return {key: json.loads(value) if key in as_json else value for key, value in attrs.items() if key != _JSON_ATTRS}
-
-
-def _jsonable(value: Any, where: Hashable) -> Any:
-    """``value`` as plain JSON types; ``where`` names it in errors."""
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, set | frozenset):
-        return sorted((_jsonable(item, where) for item in value), key=repr)
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_jsonable(item, where) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date | pd.Timestamp):
-        return value.isoformat()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    raise CacheError(
-        f"{where}: expected str, numbers, bools, None, paths, dates or lists/mappings of them, found "
-        f"{type(value).__name__}; convert it before fingerprinting or storing it as an attribute"
-    )
 
 
 def is_ddxr_cache(path: str | Path) -> bool:

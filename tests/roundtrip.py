@@ -1,4 +1,6 @@
-"""Shared test helpers for cache files: ``roundtrip()``, valid example datasets, and a hypothesis strategy.
+"""Shared test helpers for cache files: valid example datasets and a hypothesis strategy.
+
+``roundtrip()`` and the assertions live in :mod:`ddxr.testing`, re-exported here.
 
 Import from any test module (pytest puts ``tests/`` on ``sys.path``)::
 
@@ -10,22 +12,20 @@ Import from any test module (pytest puts ``tests/`` on ``sys.path``)::
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 from hypothesis import strategies as st
 
 import ddxr
-from ddxr.cache import SCHEMA_VERSION, open_dataset, open_runs, write_dataset
+from ddxr.cache import SCHEMA_VERSION
 from ddxr.index import point_coordinates
 from ddxr.schema import POINT_DIM, RUN_TYPES
 from ddxr.synthetic.curves import checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
+from ddxr.testing import assert_roundtrip, roundtrip
 from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES
+
+__all__ = ["assert_roundtrip", "curves_datasets", "example_datasets", "roundtrip"]
 
 #: Provenance attrs every assembled Dataset carries (docs/dataset.md §2); with them a round trip is exactly identical.
 PROVENANCE = {
@@ -33,28 +33,6 @@ PROVENANCE = {
     "schema_version": SCHEMA_VERSION,
     "created": "2026-01-02T03:04:05+00:00",
 }
-
-
-@contextmanager
-def roundtrip(curves: xr.Dataset, runs: xr.Dataset | None = None) -> Iterator[tuple[xr.Dataset, xr.Dataset]]:
-    """Write ``curves`` (and ``runs``) to a temporary cache file, reopen both lazily, yield them, then clean up.
-
-    Parameters
-    ----------
-    curves : xarray.Dataset
-        Curves with a MultiIndex over ``point``.
-    runs : xarray.Dataset, optional
-        Runs table; an empty Dataset is written when omitted.
-
-    Yields
-    ------
-    tuple of xarray.Dataset
-        ``(curves, runs)`` as :func:`ddxr.cache.open_dataset` and :func:`ddxr.cache.open_runs` return them.
-    """
-    with tempfile.TemporaryDirectory(prefix="ddxr-roundtrip-") as folder:
-        path = write_dataset(curves, xr.Dataset() if runs is None else runs, Path(folder) / "roundtrip.nc")
-        with open_dataset(path) as curves_back, open_runs(path) as runs_back:
-            yield curves_back, runs_back
 
 
 # --- example datasets -----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
-from roundtrip import curves_datasets, example_datasets, roundtrip
+from roundtrip import assert_roundtrip, curves_datasets, example_datasets, roundtrip
 
 import ddxr
 import ddxr.cache
@@ -42,17 +42,13 @@ def written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> Path:
 
 
 def test_round_trip_is_identical(example: tuple[xr.Dataset, xr.Dataset]) -> None:
-    curves, runs = example
-    with roundtrip(curves, runs) as (curves_back, runs_back):
-        xr.testing.assert_identical(curves_back.load(), curves)
-        xr.testing.assert_identical(runs_back.load(), runs)
+    assert_roundtrip(*example)  # through ddxr.open_dataset/open_runs and xr.open_dataset(engine="ddxr")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(curves=curves_datasets())
 def test_generated_datasets_round_trip_identically(curves: xr.Dataset) -> None:
-    with roundtrip(curves) as (curves_back, _):
-        xr.testing.assert_identical(curves_back.load(), curves)
+    assert_roundtrip(curves)
 
 
 def test_types_come_back_as_written(example: tuple[xr.Dataset, xr.Dataset]) -> None:
@@ -129,9 +125,14 @@ def test_encodings_in_the_file(written: Path) -> None:
         assert nc["cumulative_compute"].dtype == np.float64 and nc["cumulative_compute"].filters()["zlib"]
         assert nc["learning_rate"].dtype == np.float64 and nc["cumulative_tokens"].dtype == np.float64
         assert nc["step"].dtype == np.int64
-        assert nc["run_id"].dtype == np.int32  # strings along point are stored as codes
-        assert nc["point"].getncattr("compress") == " ".join(LEVELS)
-        assert nc["point"].chunking() != "contiguous"
+        # strings along point: a compressed character array for plain readers, int32 codes for ddxr
+        assert nc["run_id"].dtype == "S1" and nc["run_id"].filters()["zlib"]
+        assert nc["run_id__codes"].dtype == np.int32 and nc["run_id__codes"].chunking() != "contiguous"
+        assert nc["run_id__values"].dimensions == ("run_id__value",)
+        assert {f"{level}__codes" for level in LEVELS} <= set(nc.variables)
+        assert "point" not in nc.variables  # no index in the file: plain .sel never hits a category table
+        assert nc["pretraining_phase"].getncattr("dtype") == "bool"  # xarray's own boolean encoding
+        assert nc.getncattr("Conventions").startswith("CF-")
         assert set(nc.groups) == {"runs"}
 
 
@@ -148,7 +149,7 @@ def test_unused_level_values_are_not_written(example: tuple[xr.Dataset, xr.Datas
     path = write_dataset(with_stock_index, example[1], tmp_path / "cache.nc")
 
     with netCDF4.Dataset(path) as nc:
-        assert nc["params"][:].tolist() == ["4M"]
+        assert nc["params__values"][:].tolist() == ["4M"]
     with open_dataset(path) as back:
         assert back.sizes[POINT_DIM] == 12
 
@@ -209,17 +210,25 @@ def test_newer_schema_is_refused(written: Path) -> None:
     with netCDF4.Dataset(written, "a") as nc:
         nc.setncattr("schema_version", SCHEMA_VERSION + 1)
         nc["runs"].setncattr("schema_version", SCHEMA_VERSION + 1)
-    newer = rf"written by a newer ddxr \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\); upgrade ddxr or rebuild"
+    newer = rf"written by a newer ddxr \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\); upgrade ddxr"
     with pytest.raises(CacheError, match=newer):
         open_dataset(written)
     with pytest.raises(CacheError, match=newer):
         open_runs(written)
 
 
+def test_older_schema_asks_for_a_rebuild(written: Path) -> None:
+    with netCDF4.Dataset(written, "a") as nc:
+        nc.setncattr("schema_version", 1)
+    older = rf"older ddxr \(file layout 1, this ddxr reads {SCHEMA_VERSION}\); rebuild it with `ddxr build --refresh`"
+    with pytest.raises(CacheError, match=older):
+        open_dataset(written)
+
+
 def test_truncated_file_is_a_cache_error(written: Path) -> None:
     with written.open("r+b") as handle:
         handle.truncate(written.stat().st_size // 2)
-    with pytest.raises(CacheError, match=rf"{written}: expected a readable ddxr netCDF cache.*refresh=True"):
+    with pytest.raises(CacheError, match=rf"{written}: expected a readable ddxr netCDF cache.*`ddxr build --refresh`"):
         open_dataset(written)
 
 
@@ -254,7 +263,7 @@ def test_rewriting_an_open_file_in_place(written: Path, example: tuple[xr.Datase
 
 
 def test_missing_file_is_a_cache_error(tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match=r"no such cache file; build it \(cached_build\)"):
+    with pytest.raises(CacheError, match=r"no such cache file; build it with `ddxr build`"):
         open_dataset(tmp_path / "absent.nc")
 
 
@@ -339,7 +348,7 @@ def test_cached_build_on_a_corrupt_file(example: tuple[xr.Dataset, xr.Dataset], 
     path.write_bytes(b"not netcdf")
     build = CountingBuild(example)
 
-    with pytest.raises(CacheError, match="refresh=True"):
+    with pytest.raises(CacheError, match="`ddxr build --refresh`"):
         cached_build(path, build)
     curves, runs = cached_build(path, build, refresh=True)
 
