@@ -197,6 +197,7 @@ def test_engine_drop_variables(path: Path, example: tuple[xr.Dataset, xr.Dataset
         xr.open_dataset(path, engine="ddxr", drop_variables=["params"])
 
 
+@pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")  # small chunks on purpose
 def test_engine_chunks_give_dask_arrays(path: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
     with xr.open_dataset(path, engine="ddxr", chunks={"point": 20}) as ds:
         assert ds["train_loss"].chunks == ((20, 20, 20, 11),)
