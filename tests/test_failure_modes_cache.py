@@ -13,11 +13,12 @@ from pathlib import Path
 import filelock
 import netCDF4
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from roundtrip import example_datasets
+from roundtrip import example_datasets, roundtrip
 
 from ddxr import coders
 from ddxr.cache import TEMPORARY_NAME, cached_build, open_dataset, open_runs, write_dataset
@@ -237,3 +238,25 @@ def test_nullable_boolean_decoder_refuses_other_values() -> None:
     stored = xr.Variable("run", np.array([1, 5, -1], dtype=np.int8), attrs={"dtype": "boolean"})
     with pytest.raises(CacheError, match="expected booleans stored as 0, 1 or -1"):
         coders.NullableBooleanCoder().decode(stored, "history_repaired")
+
+
+# --- runs-table booleans (were the strings 'True'/'False'/'' after a round trip) ------------------------------------
+
+
+def test_runs_table_booleans_stay_booleans_with_missing_values(example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    from ddxr.assemble import assemble_runs
+
+    table = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "tokens_repaired": pd.Series([True, np.nan, False], dtype=object),  # run facts of an unfollowed run: NaN
+            "in_curves": [True, False, True],
+        }
+    )
+    runs = assemble_runs(table)
+    assert runs["tokens_repaired"].values.tolist() == [True, None, False]
+    assert runs["in_curves"].dtype == bool
+    with roundtrip(example[0], runs) as (_, back):
+        assert back["tokens_repaired"].values.tolist() == [True, None, False]
+        assert back["in_curves"].values.tolist() == [True, False, True]
+        assert back.to_dataframe()["tokens_repaired"].map(type).tolist() == [bool, type(None), bool]
