@@ -135,9 +135,14 @@ def _open(store: str | Path, group: str | None, chunks: Any, storage_options: Ma
 def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
     """Turn fixed-width numpy strings (as a netCDF file gives them back) into Python strings.
 
-    zarr v3 specifies a stable type for variable-length strings only.
+    zarr v3 specifies a stable type for variable-length strings only. Strings held by dask are computed here: xarray
+    would load them anyway to type them, with a warning.
     """
-    fixed = {name: ds[name].astype(object) for name, variable in ds.variables.items() if variable.dtype.kind == "U"}
+    fixed = {
+        name: ds[name].astype(object).compute()
+        for name, variable in ds.variables.items()
+        if variable.dtype.kind == "U" or (variable.dtype == object and variable.chunks is not None)
+    }
     coords = {name: value for name, value in fixed.items() if name in ds.coords}
     return ds.assign_coords(coords).assign({name: value for name, value in fixed.items() if name not in coords})
 
