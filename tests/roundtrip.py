@@ -101,6 +101,22 @@ def _posttraining_points(
     )
 
 
+def curve_coordinates(
+    frame: pd.DataFrame, phase: np.ndarray, compute: np.ndarray, tokens_estimated: np.ndarray | None = None
+) -> xr.Coordinates:
+    """Return the point coordinates of a curves Dataset made from a table with one row per point."""
+    estimated = np.zeros(len(frame), dtype=bool) if tokens_estimated is None else tokens_estimated
+    return point_coordinates(frame).assign(
+        run_id=(POINT_DIM, frame["run_id"].to_numpy(dtype=object)),
+        run_type=(POINT_DIM, frame["run_type"].to_numpy(dtype=object)),
+        seed=(POINT_DIM, frame["seed"].to_numpy(np.int64)),
+        step=(POINT_DIM, frame["step"].to_numpy(np.int64)),
+        pretraining_phase=(POINT_DIM, phase),
+        cumulative_compute=(POINT_DIM, compute),
+        tokens_estimated=(POINT_DIM, estimated),
+    )
+
+
 def _curves(frame: pd.DataFrame) -> xr.Dataset:
     phase = frame["pretraining_phase"].to_numpy()
     compute = compute_at(frame["params"].to_numpy(), frame["cumulative_tokens"].to_numpy())
@@ -131,15 +147,7 @@ def _curves(frame: pd.DataFrame) -> xr.Dataset:
             "datadecide",
         ),
     }
-    coords = point_coordinates(frame).assign(
-        run_id=(POINT_DIM, frame["run_id"].to_numpy(dtype=object)),
-        run_type=(POINT_DIM, frame["run_type"].to_numpy(dtype=object)),
-        seed=(POINT_DIM, frame["seed"].to_numpy(np.int64)),
-        step=(POINT_DIM, frame["step"].to_numpy(np.int64)),
-        pretraining_phase=(POINT_DIM, phase),
-        cumulative_compute=(POINT_DIM, compute),
-        tokens_estimated=(POINT_DIM, frame["tokens_estimated"].to_numpy(bool)),
-    )
+    coords = curve_coordinates(frame, phase, compute, frame["tokens_estimated"].to_numpy(bool))
     curves = xr.Dataset(data_vars, coords=coords)
     curves["cumulative_tokens"].attrs = {
         "units": "tokens",

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from roundtrip import example_datasets
+from roundtrip import curve_coordinates, example_datasets
 
 import ddxr.handles
 from ddxr import analysis
 from ddxr.cache import open_dataset, open_runs, write_dataset
 from ddxr.errors import CacheError
-from ddxr.index import POINT_DIM, point_coordinates
+from ddxr.schema import POINT_DIM
 from ddxr.synthetic.curves import checkpoint_steps, compute_at, perplexity, primary_score, tokens_at
 from ddxr.vocabulary import DATA, RECIPES
 
@@ -84,15 +84,7 @@ def grid_curves(post_steps: int = 300, noise_variables: int = 0) -> xr.Dataset:
     }
     for number in range(noise_variables):
         metrics[f"noise_{number}"] = metric(rng.random(len(frame)), True)
-    coords = point_coordinates(frame).assign(
-        run_id=(POINT_DIM, frame["run_id"].to_numpy(dtype=object)),
-        run_type=(POINT_DIM, frame["run_type"].to_numpy(dtype=object)),
-        seed=(POINT_DIM, frame["seed"].to_numpy(np.int64)),
-        step=(POINT_DIM, frame["step"].to_numpy(np.int64)),
-        pretraining_phase=(POINT_DIM, phase),
-        cumulative_compute=(POINT_DIM, compute),
-        tokens_estimated=(POINT_DIM, np.zeros(len(frame), dtype=bool)),
-    )
+    coords = curve_coordinates(frame, phase, compute)
     return xr.Dataset(metrics, coords=coords)
 
 
@@ -109,7 +101,7 @@ REOPENER = textwrap.dedent(
     """
     import gc, sys
     from pathlib import Path
-    from roundtrip import example_datasets
+    from roundtrip import curve_coordinates, example_datasets
     from ddxr.cache import open_dataset, open_runs, write_dataset
 
     path = write_dataset(*example_datasets(), Path(sys.argv[1]))
