@@ -380,13 +380,7 @@ def run(scale: str, server: str, layout: str) -> dict:
     store_read = min(read["stages"][0]["seconds"] for read in reads)
     floor_seconds = min(result["seconds"] for result in floors)
     return {
-        "scale": scale,
-        "runs": stored[0],
-        "history_rows": stored[1],
-        "datadecide": layout,
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_1_5_15": loads,
-        "cpus": os.cpu_count(),
+        **described(scale, stored, layout, loads),
         "stages": stages,
         "end_to_end_seconds": sum(stage["seconds"] for stage in stages),
         "end_to_end_cpu_seconds": sum(stage["cpu_seconds"] for stage in stages),
@@ -405,16 +399,23 @@ def run(scale: str, server: str, layout: str) -> dict:
     }
 
 
-def aborted(scale: str, stored: tuple[int, int], layout: str, loads: list, build: dict) -> dict:
-    """Return the result of a build stopped above the RSS cap: its stages so far; nothing after it was measured."""
+def described(scale: str, stored: tuple[int, int], layout: str, loads: list) -> dict:
+    """Return what every result records of its run: scale, store size, DataDecide layout, time and machine load."""
     return {
         "scale": scale,
         "runs": stored[0],
         "history_rows": stored[1],
         "datadecide": layout,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_1_5_15": [*loads, os.getloadavg()],
+        "load_average_1_5_15": loads,
         "cpus": os.cpu_count(),
+    }
+
+
+def aborted(scale: str, stored: tuple[int, int], layout: str, loads: list, build: dict) -> dict:
+    """Return the result of a build stopped above the RSS cap: its stages so far; nothing after it was measured."""
+    return {
+        **described(scale, stored, layout, [*loads, os.getloadavg()]),
         "stages": build["stages"],
         "peak_bytes": build["peak_bytes"],
         "aborted": build["aborted"],
