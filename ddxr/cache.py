@@ -131,7 +131,7 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
         encoded_curves.to_netcdf(target, mode="w", engine=ENGINE, encoding=_encodings(encoded_curves))
         encoded_runs.to_netcdf(target, mode="a", group=RUNS_GROUP, engine=ENGINE, encoding=_encodings(encoded_runs))
 
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
     return path
 
 
@@ -469,7 +469,7 @@ def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
     return encoded
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write to a temporary file in the target folder, then rename it over ``path`` (atomic on one file system)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -17,8 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from ddxr._version import __version__
-from ddxr.cache import _replace_atomically as replace_atomically
-from ddxr.cache import is_ddxr_cache, open_dataset, open_runs, write_dataset
+from ddxr.cache import is_ddxr_cache, open_dataset, open_runs, replace_atomically, write_dataset
 from ddxr.errors import CacheError, DdxrError
 from ddxr.facade import DataDecideNext
 from ddxr.frames import to_frame

@@ -183,7 +183,7 @@ def test_a_build_killed_mid_write_leaves_a_temporary_the_next_build_removes(
             write(target.with_name(f".{{target.name}}.{"e" * 32}.tmp"))
             os._exit(9)  # killed after the temporary file is written, before it is renamed
 
-        ddxr.cache._replace_atomically = lambda path, write: write_then_die(path, write)
+        ddxr.cache.replace_atomically = lambda path, write: write_then_die(path, write)
         ddxr.cache.write_dataset(*example_datasets(), {str(target)!r})
         """
     )
