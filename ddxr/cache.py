@@ -1,12 +1,14 @@
 """The netCDF cache: one file holds the curves (root group) and the runs table (group ``runs``).
 
-File layout (schema 2; ``docs/file_format.md`` has the full description). It is chosen so that a colleague who opens
+File layout (schema 3; ``docs/file_format.md`` has the full description). It is chosen so that a colleague who opens
 the file with plain xarray, without ddxr, gets right answers or an error, never a silently wrong selection:
 
-- Every point coordinate, index levels included, is an ordinary coordinate along ``point`` holding its plain values
-  (strings as zlib-compressed character arrays, numbers and booleans as themselves). ``point`` has no index in the
-  file, so stock ``ds.sel(params="150M")`` raises "no index found" and ``ds.where(ds.params == "150M", drop=True)``
-  selects exactly the right points.
+- Every point coordinate, index levels included, is stored as a plain variable along ``point`` holding its values
+  (strings as zlib-compressed character arrays, numbers and booleans as themselves), and none of them is a netCDF
+  coordinate: stock xarray would build an index for a coordinate on the fly and cut an unsorted one by position,
+  so a label range could silently miss points. Plain ``ds.sel(params="150M")`` raises (no such coordinate), and
+  ``ds.isel(point=ds.params == "150M")`` selects exactly the right points. ``ddxr_coordinates`` names the variables
+  ddxr restores as coordinates; the runs table's ``run_id`` is stored the same way (``ddxr_indexes``).
 - Next to each string coordinate and each index level ``X`` sit ddxr's compact copy: ``X__codes`` (int32 along
   ``point``) and ``X__values`` (its distinct values, on dimension ``X__value``). ddxr builds its index from these
   without reading or factorizing millions of strings; their dimension names match no coordinate a user would select.
@@ -65,7 +67,7 @@ from ddxr.index import set_ddxr_index
 from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, validate_dataset
 
 #: Version of the file layout; files of another layout are refused with a request to rebuild them.
-SCHEMA_VERSION: int = 2
+SCHEMA_VERSION: int = 3
 #: The only engine ddxr reads and writes netCDF with.
 ENGINE = "netcdf4"
 #: Group of the runs table inside a cache file.
@@ -74,16 +76,18 @@ RUNS_GROUP = "runs"
 CONVENTIONS = "CF-1.8"
 #: How to read a file without ddxr, in one sentence (attribute ``ddxr_decoding`` of both groups).
 DECODING = (
-    "Without ddxr, every point coordinate is an ordinary coordinate along 'point' (select with "
-    "ds.where(ds.params == '150M', drop=True); ds.sel on them raises because 'point' has no index, and the "
-    "'*__codes'/'*__values' variables are ddxr's compact copy of the strings and levels); with ddxr installed, "
-    "xr.open_dataset(path, engine='ddxr') gives the labelled Dataset with .sel on every level."
+    "Without ddxr, the point coordinates are plain variables along 'point' that no .sel can reach (select with a "
+    "mask: ds.isel(point=(ds.params == '150M') & (ds.learning_rate == 1e-5)); the '*__codes'/'*__values' variables "
+    "are ddxr's compact copy of the strings and levels); with ddxr installed, xr.open_dataset(path, engine='ddxr') "
+    "gives the labelled Dataset with .sel on every level."
 )
 
 _COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
 _POINT_CHUNK = 1 << 14  # points per chunk: small enough that reading a sweep decompresses little
-_INDEXES_ATTR = "ddxr_indexes"  # coordinates indexed without being dimension coordinates (runs: run_id along run)
-_FILE_ATTRS = ("Conventions", "ddxr_decoding")  # describe the file, not the data: not part of the decoded Dataset
+_INDEXES_ATTR = "ddxr_indexes"  # indexed coordinates that are not dimension coordinates (runs: run_id along run)
+_COORDINATES_ATTR = "ddxr_coordinates"  # the point variables ddxr restores as coordinates
+# describe the file, not the data: not part of the decoded Dataset
+_FILE_ATTRS = ("Conventions", "ddxr_decoding", _COORDINATES_ATTR)
 # what netCDF4/HDF5 raise on damaged files (an unreadable HDF5 attribute is an AttributeError, a bad type a TypeError)
 _READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError)
 _REBUILD = "rebuild it with `ddxr build --refresh` (or delete the file)"
@@ -413,7 +417,8 @@ def _encode_curves(curves: xr.Dataset) -> xr.Dataset:
             factorized = (index.codes[position], index.levels[position].to_numpy())
         encoded = _CATEGORIES.encode(str(name), variable.to_base_variable(), factorized)
         extra.update({key: value for key, value in encoded.items() if key != name})
-    encoded = plain.assign_coords(extra)
+    # no coordinates in the file: stock .sel must not reach the point variables (module docstring)
+    encoded = plain.assign(extra).reset_coords().assign_attrs({_COORDINATES_ATTR: json.dumps(list(plain.coords))})
     return _encode_variables(encoded)
 
 
@@ -428,9 +433,9 @@ def _encode_variables(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
-    """Name the indexed non-dimension coordinates: netCDF restores only dimension coordinates as indexes."""
+    """Store the indexed non-dimension coordinates as plain variables, named in an attribute ddxr re-indexes."""
     names = [name for name, index in ds.xindexes.items() if name not in ds.dims and type(index) is PandasIndex]
-    return ds.reset_index(names).assign_attrs({_INDEXES_ATTR: json.dumps(names)}) if names else ds
+    return ds.reset_index(names).reset_coords(names).assign_attrs({_INDEXES_ATTR: json.dumps(names)}) if names else ds
 
 
 def _encodings(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
@@ -569,7 +574,7 @@ def _decode_curves(raw: xr.Dataset, path: str | Path, drop: list[Hashable]) -> x
         raise InvalidArgumentError(
             f"drop_variables={levels}: index levels cannot be dropped; drop metrics or other coordinates"
         )
-    roles = {name: name in raw.coords for name in coded}
+    coordinates = set(json.loads(raw.attrs.get(_COORDINATES_ATTR, "[]")))
     # the plain copies are for readers without ddxr: ddxr reads the codes instead, and never touches the copies
     dropped = [
         *coded,
@@ -577,13 +582,13 @@ def _decode_curves(raw: xr.Dataset, path: str | Path, drop: list[Hashable]) -> x
     ]
     raw = raw.drop_vars([name for name in (*dropped, *drop) if name in raw.variables])
     decoded = _decode_point_variables(
-        raw, {name: codes for name, codes in coded.items() if name not in drop}, roles, path
+        raw, {name: codes for name, codes in coded.items() if name not in drop}, coordinates, path
     )
     return set_ddxr_index(_decode_point_index(decoded, raw, {name: coded[name] for name in LEVELS}))
 
 
 def _decode_point_variables(
-    raw: xr.Dataset, coded: Mapping[str, str], roles: Mapping[str, bool], path: str | Path
+    raw: xr.Dataset, coded: Mapping[str, str], coordinates: set[str], path: str | Path
 ) -> xr.Dataset:
     """Decode point variables as lazy arrays reading only the chunks a selection touches; codes → values."""
     lazy: dict[Hashable, xr.Variable] = {}
@@ -602,7 +607,7 @@ def _decode_point_variables(
                 POINT_DIM, _lazy(name, variable, None, path), attrs=attrs, encoding=variable.encoding
             )
     rest = raw.drop_vars([name for name in raw.variables if name in bookkeeping or name in lazy])
-    coords = {name: variable for name, variable in lazy.items() if roles.get(name, name in raw.coords)}
+    coords = {name: variable for name, variable in lazy.items() if name in coordinates}
     decoded = rest.assign_coords(coords).assign({name: lazy[name] for name in lazy if name not in coords})
     decoded.attrs = decode_attrs({key: value for key, value in raw.attrs.items() if key not in _FILE_ATTRS}, "Dataset")
     return decoded
@@ -700,7 +705,7 @@ def _decode_variables(ds: xr.Dataset, group: str) -> xr.Dataset:
 def _decode_indexes(ds: xr.Dataset) -> xr.Dataset:
     names = json.loads(ds.attrs.pop(_INDEXES_ATTR, "[]"))
     for name in names:
-        ds = ds.set_xindex(name)
+        ds = ds.set_coords(name).set_xindex(name)
     return ds
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from roundtrip import example_datasets, roundtrip
 
 from ddxr import coders
-from ddxr.cache import TEMPORARY_NAME, cached_build, open_dataset, open_runs, write_dataset
+from ddxr.cache import SCHEMA_VERSION, TEMPORARY_NAME, cached_build, open_dataset, open_runs, write_dataset
 from ddxr.errors import CacheError
 
 REBUILD = "`ddxr build --refresh`"
@@ -111,9 +111,10 @@ def test_missing_runs_group(path: Path) -> None:
 
 def test_older_layout_asks_for_a_rebuild_by_cli_command(path: Path) -> None:
     with netCDF4.Dataset(path, "a") as nc:
-        nc.setncattr("schema_version", 1)
+        nc.setncattr("schema_version", SCHEMA_VERSION - 1)
     message = _cache_error(path)
-    assert f"written by an older ddxr (file layout 1, this ddxr reads 2); rebuild it with {REBUILD}" in message
+    older = f"file layout {SCHEMA_VERSION - 1}, this ddxr reads {SCHEMA_VERSION}"
+    assert f"written by an older ddxr ({older}); rebuild it with {REBUILD}" in message
 
 
 @pytest.mark.parametrize(
