@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
 from roundtrip import example_datasets
 
 from ddxr import schema
@@ -87,3 +89,32 @@ def test_validate_dataset_refuses_duplicates_and_missing_index(curves: xr.Datase
         schema.validate_dataset(doubled)
     with pytest.raises(BuildError, match="expected a MultiIndex over 'point'"):
         schema.validate_dataset(curves.reset_index("point"))
+
+
+keys = st.lists(
+    st.tuples(st.sampled_from(["a", "b", None]), st.sampled_from(["r1", "r2"]), st.integers(0, 3)), max_size=25
+).map(lambda rows: pd.DataFrame(rows, columns=list(schema.KEYS)))
+
+
+@given(keys, st.booleans())
+def test_shared_keys_mark_what_duplicated_marks(frame, categorical):
+    if categorical:
+        frame = frame.astype({"lineage": "category", "run_id": "category"})
+    codes = [schema._key_codes(column) for _, column in frame.items()]
+    np.testing.assert_array_equal(schema._shared_keys(codes), frame.duplicated(keep=False).to_numpy())
+
+
+def test_validate_points_refuses_duplicates_among_categoricals() -> None:
+    frame = pd.DataFrame(
+        {
+            "lineage": pd.Categorical(["b", "a", "b"], categories=["b", "a"]),
+            "params": "4M",
+            "data": "C4",
+            "learning_rate": 0.0,
+            "cumulative_tokens": [1.0, 2.0, 3.0],
+            "run_id": pd.Categorical(["x", "x", "x"]),
+            "step": [5, 5, 5],
+        }
+    )
+    with pytest.raises(BuildError, match=r"found 2 points sharing a key, e.g. \[\{'lineage': 'b', 'run_id': 'x'"):
+        schema.validate_points(frame)
