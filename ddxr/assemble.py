@@ -1,8 +1,8 @@
 """The managers' tables → the curves Dataset (dim ``point``) and the runs Dataset (dim ``run``), docs/dataset.md §2.
 
 Metric variables are gathered column by column from two tables through row pointers (pretraining checkpoints and
-end-of-run evaluations), so the wide point × metric matrix is never built in pandas and each variable is float32
-from the start.
+end-of-run evaluations), lazily: the wide point × metric matrix is never built, in pandas or in the Dataset, and each
+variable is float32 from the start.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
-from ddxr.index import point_coordinates
+from ddxr.index import level_codes, point_coordinates
 from ddxr.managers.evaluations import HISTORY_VARIABLES
 from ddxr.schema import COORDS, LEVELS, POINT_DIM, validate_points
 
@@ -52,10 +54,6 @@ _COORD_ATTRS = {
 }
 
 
-def _gather(values: pd.Series, rows: np.ndarray, present: np.ndarray, out: np.ndarray) -> None:
-    out[present] = values.to_numpy(np.float32, na_value=np.nan)[rows[present]]
-
-
 def assemble_curves(
     points: pd.DataFrame,
     pretraining_metrics: pd.DataFrame,
@@ -65,6 +63,10 @@ def assemble_curves(
     attrs: dict | None = None,
 ) -> xr.Dataset:
     """Build the curves Dataset.
+
+    Metric variables are lazy, like those of a file opened with ``cache=False``: each read gathers the values it
+    selects from the metric tables afresh, so a writer going variable by variable holds one variable at a time and
+    the Dataset itself holds the (small) tables, never points × variables. ``.load()`` keeps them in memory.
 
     Parameters
     ----------
@@ -86,43 +88,140 @@ def assemble_curves(
     -------
     xarray.Dataset
     """
-    points = points.sort_values(
-        ["lineage", "pretraining_phase", "cumulative_tokens", "step"],
-        ascending=[True, False, True, True],
-        kind="stable",
-    ).reset_index(drop=True)
+    points = points.take(_point_order(points)).reset_index(drop=True)
     validate_points(points)
-    pretraining_rows = points["pretraining_row"].to_numpy(np.int64)
-    has_pretraining = pretraining_rows >= 0
-    eval_rows = posttraining_metrics.index.get_indexer(points["eval_run"])
-    has_eval = eval_rows >= 0
-
+    pretraining = _Pointers(points["pretraining_row"].to_numpy(np.int64))
+    evaluations = _Pointers(_table_rows(posttraining_metrics.index, points["eval_run"]))
     data_vars = {}
-    for name in variables:
-        values = np.full(len(points), np.nan, dtype=np.float32)
-        if name in HISTORY_VARIABLES:
-            values[:] = points[name].to_numpy(np.float32)
+    for name in variables:  # one lazy array per variable; nothing the size of the points is built here
+        layers = []
         if name in pretraining_metrics and name != "train_loss":
-            _gather(pretraining_metrics[name], pretraining_rows, has_pretraining, values)
+            layers.append((_float32(pretraining_metrics[name]), pretraining))
         if name in posttraining_metrics:
-            _gather(posttraining_metrics[name], eval_rows, has_eval, values)
-        data_vars[name] = xr.Variable(POINT_DIM, values, attrs=variable_attrs(name))
-
-    coords = point_coordinates(points[list(LEVELS)])
-    dataset = xr.Dataset(data_vars, coords=coords, attrs=attrs or {})
-    dataset = dataset.assign_coords({name: (POINT_DIM, _coordinate_values(points[name])) for name in COORDS})
-    for name, coord_attrs in _COORD_ATTRS.items():
-        dataset[name].attrs.update(coord_attrs)
+            layers.append((_float32(posttraining_metrics[name]), evaluations))
+        base = points[name].to_numpy(np.float32) if name in HISTORY_VARIABLES else None
+        data_vars[name] = xr.Variable(
+            POINT_DIM, indexing.LazilyIndexedArray(_GatheredMetric(base, layers, len(points))), variable_attrs(name)
+        )
+    dataset = xr.Dataset(data_vars, coords=_point_coords(points), attrs=attrs or {})
+    for name in LEVELS:  # level variables are made by the index: their attrs are set afterwards
+        dataset[name].attrs.update(_COORD_ATTRS[name])
     return dataset
 
 
+def _point_order(points: pd.DataFrame) -> np.ndarray:
+    """Positions that sort points by lineage, pretraining phase first, cumulative tokens and step (stable)."""
+    lineage, _ = level_codes(points["lineage"])
+    keys = (points["step"], points["cumulative_tokens"], ~points["pretraining_phase"].astype(bool))
+    return np.lexsort((*(key.to_numpy() for key in keys), lineage))
+
+
+def _table_rows(index: pd.Index, run_ids: pd.Series) -> np.ndarray:
+    """Row of each point's run in a table indexed by run id (-1: none); categoricals are looked up by category."""
+    if isinstance(run_ids.dtype, pd.CategoricalDtype):
+        return np.append(index.get_indexer(run_ids.cat.categories), -1)[run_ids.cat.codes.to_numpy()]
+    return index.get_indexer(run_ids)
+
+
+def _float32(column: pd.Series) -> np.ndarray:
+    return column.to_numpy(np.float32, na_value=np.nan)
+
+
+def _point_coords(points: pd.DataFrame) -> xr.Coordinates:
+    """Return the ``point`` MultiIndex and the other point coordinates, built once from the sorted points."""
+    index = point_coordinates(points[list(LEVELS)])
+    others = {
+        # fastpath: xarray would otherwise pass millions of strings through a pandas Series to look for dates
+        name: xr.Variable(POINT_DIM, _coordinate_values(points[name]), _COORD_ATTRS[name], fastpath=True)
+        for name in COORDS
+    }
+    return xr.Coordinates({**index.variables, **others}, indexes=index.xindexes)
+
+
+class _Pointers:
+    """Where one metric table meets the points: the sorted positions of the points that have a row, and the rows.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        The table row of every point, -1 for none.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.positions = np.flatnonzero(rows >= 0)
+        self.rows = rows[self.positions]
+        # a sentinel past the last point: a binary search then always lands on a valid element
+        self.positions = np.append(self.positions, len(rows))
+
+    def locate(self, selected: range | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return where, among ``selected`` points, those with a row are, and their rows.
+
+        Parameters
+        ----------
+        selected : range or numpy.ndarray
+            Points selected: a range, or sorted non-negative positions (what xarray's outer indexing passes).
+        """
+        if isinstance(selected, range) and selected.step == 1:  # whole reads and chunks: two binary searches
+            first, last = np.searchsorted(self.positions, [selected.start, selected.stop])
+            return self.positions[first:last] - selected.start, self.rows[first:last]
+        wanted = np.asarray(selected, dtype=np.int64).reshape(-1)
+        found = np.searchsorted(self.positions, wanted)
+        hit = self.positions[found] == wanted
+        return np.flatnonzero(hit), self.rows[found[hit]]
+
+
+class _GatheredMetric(BackendArray):
+    """A float32 metric variable read from its metric tables through the points' row pointers.
+
+    Parameters
+    ----------
+    base : numpy.ndarray or None
+        Values every point starts with (history variables), else NaN.
+    layers : sequence of (numpy.ndarray, _Pointers)
+        A table column and where its rows sit, in order: a later layer overwrites an earlier one where it has a row.
+    size : int
+        Number of points.
+    """
+
+    def __init__(self, base: np.ndarray | None, layers: Sequence[tuple[np.ndarray, _Pointers]], size: int) -> None:
+        self.base = base
+        self.layers = tuple(layers)
+        self.shape = (size,)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        (selection,) = key
+        if isinstance(selection, slice):
+            selected = range(*selection.indices(self.shape[0]))
+            shape: tuple[int, ...] = (len(selected),)
+        else:
+            selected = np.asarray(selection)
+            shape = selected.shape
+        if self.base is None:
+            values = np.full(shape, np.nan, dtype=np.float32)
+        else:
+            values = np.array(self.base[selection], dtype=np.float32)  # a copy: the caller may write into it
+        flat = values.reshape(-1)
+        for column, pointers in self.layers:
+            at, rows = pointers.locate(selected)
+            flat[at] = column[rows]
+        return values
+
+
 def _coordinate_values(column: pd.Series) -> np.ndarray:
+    if isinstance(column.dtype, pd.CategoricalDtype) and (column.cat.codes >= 0).all():
+        # the few distinct values converted once, then spread by code (not one conversion per point)
+        return _coordinate_values(pd.Series(column.cat.categories)).take(column.cat.codes.to_numpy())
+    # copies: a view would keep the point table's whole block of columns alive as long as the Dataset
     if column.dtype == bool or pd.api.types.is_bool_dtype(column):
-        return column.to_numpy(bool)
+        return column.to_numpy(bool, copy=True)
     if pd.api.types.is_integer_dtype(column):
-        return column.to_numpy(np.int64)
+        return column.to_numpy(np.int64, copy=True)
     if pd.api.types.is_float_dtype(column):
-        return column.to_numpy(np.float64)
+        return column.to_numpy(np.float64, copy=True)
     values = column.to_numpy(dtype=object)
     if pd.api.types.infer_dtype(values, skipna=False) == "string":  # already str: no copy of millions of strings
         return values

@@ -152,7 +152,30 @@ def point_coordinates(frame: pd.DataFrame) -> xr.Coordinates:
         )
     levels = frame[list(LEVELS)].astype(dict.fromkeys(FLOAT_LEVELS, "float64"))
     check_complete(levels.isna().sum().to_dict(), "point frame")
-    return xr.Coordinates.from_xindex(DdxrIndex(pd.MultiIndex.from_frame(levels), POINT_DIM))
+    codes, values = zip(*(level_codes(levels[name]) for name in LEVELS), strict=True)
+    index = pd.MultiIndex(levels=values, codes=codes, names=list(LEVELS), verify_integrity=False)
+    return xr.Coordinates.from_xindex(DdxrIndex(index, POINT_DIM))
+
+
+def level_codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes and sorted distinct values of one index level, as ``pandas.MultiIndex.from_frame`` makes them.
+
+    The codes order like the values, and every value is used. A categorical is factorized through its used categories
+    (a few thousand strings), not through its values (millions of points), and missing values get code -1; numbers
+    (without missing values) are sorted, which beats hashing millions of distinct floats.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        used = np.flatnonzero(np.bincount(codes + 1, minlength=len(column.cat.categories) + 1)[1:])
+        ranks, values = pd.factorize(column.cat.categories[used], sort=True)
+        recode = np.full(len(column.cat.categories) + 1, -1)  # the last entry: code -1 (missing) stays -1
+        recode[used] = ranks
+        return recode[codes], values
+    if column.dtype.kind in "iuf" and not column.hasnans:
+        values, codes = np.unique(column.to_numpy(), return_inverse=True)
+        return codes, pd.Index(values, name=column.name)
+    codes, values = pd.factorize(column, sort=True)
+    return codes, values
 
 
 def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
