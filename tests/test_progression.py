@@ -15,6 +15,7 @@ from ddxr.managers.progression import (
     HISTORY_KEYS,
     SUMMED_LOSS_THRESHOLD,
     TrainingProgressionManager,
+    _join_rows,
     repair_token_restarts,
 )
 from ddxr.schema import pretraining_lineage_id
@@ -90,7 +91,8 @@ def test_compute_is_one_line_through_the_base(built):
     history = dd.wandb.read_history(links.loc[links["link_status"] == "linked", "run_id"].tolist(), HISTORY_KEYS)
     points = TrainingProgressionManager(nominal, history, training.relationships).points()
     per_lineage = compute_per_token_of_each_lineage(points)
-    expected = 6.0 * per_lineage.index.map(points.groupby("lineage")["params"].first()).map(SIZES["params_numeric"])
+    params = points.groupby("lineage")["params"].first().astype(str)  # points() holds strings as categoricals
+    expected = 6.0 * per_lineage.index.map(params).map(SIZES["params_numeric"])
     np.testing.assert_allclose(per_lineage["min"], expected, rtol=1e-12)
     np.testing.assert_allclose(per_lineage["max"], expected, rtol=1e-12)
 
@@ -178,3 +180,28 @@ def test_info_prints_run_ids_under_their_count():
         "  progression:",
         "    runs_loss_summed: 0",
     ]
+
+
+@given(st.lists(st.integers(0, 4), max_size=12), st.lists(st.integers(0, 4), max_size=40))
+def test_join_rows_pair_rows_like_an_inner_merge(left, right):
+    """The spread of runs over their history rows keeps DataFrame.merge's row order."""
+    left_rows, right_rows = _join_rows(np.array(left, dtype=np.int64), np.array(right, dtype=np.int64), 5)
+    merged = pd.merge(
+        pd.DataFrame({"key": left, "left_row": range(len(left))}),
+        pd.DataFrame({"key": right, "right_row": range(len(right))}),
+        on="key",
+    )
+    assert left_rows.tolist() == merged["left_row"].tolist()
+    assert right_rows.tolist() == merged["right_row"].tolist()
+
+
+def test_points_hold_strings_as_sorted_categoricals_and_progressions_as_strings(manager):
+    _, training = manager
+    points = training.points()
+    for name in ("lineage", "run_id", "run_type", "params", "data", "eval_run"):
+        assert isinstance(points[name].dtype, pd.CategoricalDtype), name
+        assert points[name].cat.categories.is_monotonic_increasing, name
+    leaf = points.loc[~points["pretraining_phase"], "lineage"].iloc[0]
+    progression = training.get_continuous_progression(leaf)
+    assert progression["lineage"].dtype == "str" and progression["run_id"].dtype == "str"
+    assert set(progression["eval_run"]) <= {"", *progression["run_id"]}

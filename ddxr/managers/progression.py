@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from ddxr.errors import InvalidArgumentError, LinkError
 from ddxr.managers.relationships import RunRelationshipManager
@@ -194,6 +195,9 @@ class TrainingProgressionManager:
         self._links = linked.set_index("run_id")
         self._run_dtype = pd.CategoricalDtype(self._links.index)
         self._history, self.run_facts = self._clean_history(history, set(evaluated_runs))
+        # the lineages and their base checkpoints complete the report now, whether the points are laid out or not
+        self._bases, self._chains = self._lineage_bases()
+        self._prefix = self._prefix_rows(self._bases) if len(self._bases) else None
 
     # ------------------------------------------------------------------ post-training history
     def _clean_history(self, history: pd.DataFrame, evaluated_runs: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -205,7 +209,10 @@ class TrainingProgressionManager:
         history = history.rename(columns={"learning_rate": "lr_at_step"})
         facts = pd.DataFrame(index=links.index)
 
-        duplicated = history.duplicated(["run_id", "step"], keep="last")
+        # rows are sorted by run and step: a repeated (run, step) is the next row's (duplicated(keep="last"))
+        codes, step = history["run_id"].cat.codes.to_numpy(), history["step"].to_numpy(np.int64)
+        repeated = (codes[1:] == codes[:-1]) & (step[1:] == step[:-1])
+        duplicated = pd.Series(np.append(repeated, False), index=history.index)
         facts["duplicate_steps"] = duplicated.groupby(history["run_id"]).sum().reindex(facts.index, fill_value=0)
         self.report.duplicate_history_rows = int(duplicated.sum())
         self.report.name("runs_with_duplicate_steps", facts.index[facts["duplicate_steps"] > 0])
@@ -242,15 +249,16 @@ class TrainingProgressionManager:
         counted = finite.groupby(history["run_id"], observed=True).transform("any")
         infinite_step = np.isinf(pd.to_numeric(history["training_step"], errors="coerce").astype("float64"))
         skip = (counted & ~finite) | np.isinf(tokens) | infinite_step
-        reason = pd.Series(
+        skipped_runs = history["run_id"][skip]
+        reason = pd.Series(  # for the skipped rows only: one string per row of millions otherwise
             np.select(
-                [np.isinf(tokens), infinite_step],
+                [np.isinf(tokens[skip]), infinite_step[skip]],
                 ["total_tokens is not finite", "training_step is not finite"],
                 "total_tokens missing or not a number",
             ),
-            index=history.index,
+            index=skipped_runs.index,
         )
-        skipped = reason[skip].groupby([history["run_id"][skip], reason[skip]], observed=True).size()
+        skipped = reason.groupby([skipped_runs, reason], observed=True).size()
         for (run_id, why), count in skipped.items():  # a loop over (run, reason) pairs, not rows
             self.report.history_rows_skipped.setdefault(str(run_id), {})[why] = int(count)
         per_run = skip.groupby(history["run_id"], observed=True).sum()
@@ -347,7 +355,10 @@ class TrainingProgressionManager:
         return history.reset_index(drop=True)
 
     def get_continuous_progression(self, run_id: str) -> pd.DataFrame:
-        """Points of the lineage ending in ``run_id``: its base's checkpoints, then each run of its chain."""
+        """Points of the lineage ending in ``run_id``: its base's checkpoints, then each run of its chain.
+
+        Unlike :meth:`points`, the string columns are plain strings (one lineage holds few points).
+        """
         points = self.points()
         lineage = points[points["lineage"] == run_id]
         if lineage.empty:
@@ -355,19 +366,20 @@ class TrainingProgressionManager:
                 f"no lineage ends in run {run_id!r}: it is unknown, unlinked or skipped; "
                 "see the build report or RunRelationshipManager.links for the reason"
             )
-        return lineage.reset_index(drop=True)
+        strings = [name for name, dtype in lineage.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+        return lineage.astype(dict.fromkeys(strings, "str")).reset_index(drop=True)
 
     # ------------------------------------------------------------------ points
     def points(self) -> pd.DataFrame:
         """Every lineage laid out as points (columns :data:`POINT_COLUMNS`).
 
-        ``pretraining_row`` points into the pretraining table (or the seed-mean table), -1 elsewhere; ``eval_run`` names
-        the run whose end-of-run evaluations sit on that point ("" elsewhere).
+        The string columns (``lineage``, ``run_id``, ``run_type``, ``params``, ``data``, ``eval_run``) are categoricals
+        whose categories are sorted: millions of points share a few thousand strings. ``pretraining_row`` points into
+        the pretraining table (or the seed-mean table), -1 elsewhere; ``eval_run`` names the run whose end-of-run
+        evaluations sit on that point ("" elsewhere).
         """
         if not hasattr(self, "_points"):
-            self._points = pd.concat([self._pretraining_lineages(), *self._posttraining_lineages()], ignore_index=True)[
-                POINT_COLUMNS
-            ]
+            self._points = _stacked([self._pretraining_lineages(), *self._posttraining_lineages()])
         return self._points
 
     @property
@@ -393,11 +405,11 @@ class TrainingProgressionManager:
     def _pretraining_points(self, rows, lineage, run_id, learning_rate, row_pointer) -> pd.DataFrame:
         return pd.DataFrame(
             {
-                "lineage": np.asarray(lineage, dtype=object),
-                "run_id": np.asarray(run_id, dtype=object),
-                "run_type": "pretraining",
-                "params": rows["params"].to_numpy(),
-                "data": rows["data"].to_numpy(),
+                "lineage": pd.Categorical(np.asarray(lineage, dtype=object)),
+                "run_id": pd.Categorical(np.asarray(run_id, dtype=object)),
+                "run_type": pd.Categorical(["pretraining"] * len(rows)),
+                "params": pd.Categorical(rows["params"]),
+                "data": pd.Categorical(rows["data"]),
                 "seed": rows["seed"].to_numpy(np.int64),
                 "step": rows["step"].to_numpy(np.int64),
                 "learning_rate": learning_rate,
@@ -408,7 +420,7 @@ class TrainingProgressionManager:
                 "train_loss": np.nan,
                 "lr_at_step": rows["lr_at_step"].to_numpy(np.float64) if "lr_at_step" in rows else np.nan,
                 "pretraining_row": np.asarray(row_pointer, dtype=np.int64),
-                "eval_run": "",
+                "eval_run": pd.Categorical([""] * len(rows)),
             }
         )
 
@@ -422,7 +434,12 @@ class TrainingProgressionManager:
         bases = self._links.loc[leaves["lineage"], ["params", "data", "seed", "base_step", "learning_rate"]]
         unknown = bases["learning_rate"].isna()
         self.report.name("lineages_learning_rate_unknown", bases.index[unknown])
-        bases = bases.assign(learning_rate=bases["learning_rate"].where(~unknown, UNKNOWN_LEARNING_RATE))
+        bases = bases.assign(
+            learning_rate=bases["learning_rate"].where(~unknown, UNKNOWN_LEARNING_RATE),
+            seed=bases["seed"].astype("int64"),
+            base_step=bases["base_step"].astype("int64"),
+            base_tokens=bases["base_step"].astype("float64") * _size_column(bases["params"], "tokens_per_step"),
+        )
         return bases.rename_axis("lineage").reset_index(), chains[chains["lineage"].isin(leaves["lineage"])]
 
     @property
@@ -431,18 +448,14 @@ class TrainingProgressionManager:
         return list(self.report.skipped_runs)
 
     def _posttraining_lineages(self) -> list[pd.DataFrame]:
-        bases, chains = self._lineage_bases()
-        if bases.empty:
+        if self._prefix is None:
             return []
-        bases = bases.assign(
-            seed=bases["seed"].astype("int64"),
-            base_step=bases["base_step"].astype("int64"),
-            base_tokens=bases["base_step"].astype("float64") * _size_column(bases["params"], "tokens_per_step"),
-        )
-        return [self._prefix_points(bases), self._run_points(bases, chains)]
+        return [self._prefix_points(self._prefix), self._run_points(self._bases, self._chains)]
 
-    def _prefix_points(self, bases: pd.DataFrame) -> pd.DataFrame:
-        table = self.metric_table.rename_axis("pretraining_row").reset_index()
+    def _prefix_rows(self, bases: pd.DataFrame) -> pd.DataFrame:
+        """Rows of the metric table each lineage's prefix is made of: its base's checkpoints up to the base step."""
+        schedule = [name for name in ("seed", "tokens", "compute", "lr_at_step") if name in self.metric_table]
+        table = self.metric_table[["params", "data", "step", *schedule]].rename_axis("pretraining_row").reset_index()
         if self.pretraining_seeds == "mean":
             table = table[table["seed"] == -1].drop(columns="seed")
             prefix = bases.merge(table, on=["params", "data"])
@@ -451,6 +464,9 @@ class TrainingProgressionManager:
         prefix = prefix[prefix["step"] <= prefix["base_step"]]
         found = prefix.loc[prefix["step"] == prefix["base_step"], "lineage"]
         self.report.name("base_checkpoints_missing", bases.loc[~bases["lineage"].isin(found), "lineage"])
+        return prefix
+
+    def _prefix_points(self, prefix: pd.DataFrame) -> pd.DataFrame:
         seeds = prefix["seed"] if self.pretraining_seeds == "base" else "mean"
         run_id = pretraining_lineage_id(prefix["params"], prefix["data"], seeds)
         return self._pretraining_points(
@@ -462,7 +478,7 @@ class TrainingProgressionManager:
         offsets = self._token_offsets(bases, chains)
         chains = chains.assign(run_id=chains["run_id"].astype(self._run_dtype))
         # everything constant along a run of a lineage is looked up on the chain table (one row per lineage and run),
-        # then spread over the history rows by one merge: no lookup runs per history row
+        # then spread over the history rows by integer positions: no lookup or string runs per history row
         runs = chains.merge(bases, on="lineage").merge(offsets, on=["lineage", "run_id"])
         runs = runs.assign(
             # the pretraining table's own FLOPs per token, so a lineage's compute stays one line through its base point
@@ -471,31 +487,34 @@ class TrainingProgressionManager:
             run_type=runs["run_id"].map(self._links["run_type"]).to_numpy(object),
             estimated=(runs["run_id"].map(facts["tokens_estimated"]) | runs["offset_estimated"]).to_numpy(bool),
         )
-        for name in ("lineage", "params", "data", "run_type"):  # spread as codes, not as millions of strings
-            runs[name] = runs[name].astype("category")
-        points = runs.merge(self._history, on="run_id")
-        cumulative = (points["offset"] + points["run_tokens"]).to_numpy(np.float64)
-        run_id = points["run_id"].to_numpy(object)
+        history_runs = self._history["run_id"].cat.codes.to_numpy()
+        run_rows, rows = _join_rows(
+            pd.Categorical(runs["run_id"], dtype=self._run_dtype).codes, history_runs, len(self._run_dtype.categories)
+        )
+        history = {name: self._history[name].to_numpy(np.float64)[rows] for name in ("run_tokens", "train_loss")}
+        step = self._history["step"].to_numpy(np.int64)[rows]
+        cumulative = runs["offset"].to_numpy(np.float64)[run_rows] + history["run_tokens"]
+        run_id = pd.Categorical.from_codes(history_runs[rows], dtype=self._run_dtype)
         return pd.DataFrame(
             {
-                "lineage": points["lineage"].to_numpy(object),
+                "lineage": _spread(runs["lineage"], run_rows),
                 "run_id": run_id,
-                "run_type": points["run_type"].to_numpy(object),
-                "params": points["params"].to_numpy(object),
-                "data": points["data"].to_numpy(object),
-                "seed": points["seed"].to_numpy(np.int64),
-                "step": points["step"].to_numpy(np.int64),
-                "learning_rate": points["learning_rate"].to_numpy(np.float64),
+                "run_type": _spread(runs["run_type"], run_rows),
+                "params": _spread(runs["params"], run_rows),
+                "data": _spread(runs["data"], run_rows),
+                "seed": runs["seed"].to_numpy(np.int64)[run_rows],
+                "step": step,
+                "learning_rate": runs["learning_rate"].to_numpy(np.float64)[run_rows],
                 "pretraining_phase": False,
                 "cumulative_tokens": cumulative,
                 # pretraining compute is (FLOPs per token) x tokens too: the same factor x cumulative tokens never
                 # counts anything twice
-                "cumulative_compute": points["per_token"].to_numpy(np.float64) * cumulative,
-                "tokens_estimated": points["estimated"].to_numpy(bool),
-                "train_loss": points["train_loss"].to_numpy(np.float64),
-                "lr_at_step": points["lr_at_step"].to_numpy(np.float64),
+                "cumulative_compute": runs["per_token"].to_numpy(np.float64)[run_rows] * cumulative,
+                "tokens_estimated": runs["estimated"].to_numpy(bool)[run_rows],
+                "train_loss": history["train_loss"],
+                "lr_at_step": self._history["lr_at_step"].to_numpy(np.float64)[rows],
                 "pretraining_row": -1,
-                "eval_run": np.where(points["step"].to_numpy() == points["last_step"].to_numpy(), run_id, ""),
+                "eval_run": _evaluated_at(run_id, step == runs["last_step"].to_numpy(np.float64)[run_rows]),
             }
         )
 
@@ -523,3 +542,48 @@ class TrainingProgressionManager:
                 "offset_estimated": estimated_parent.groupby(chained["lineage"]).cummax(),
             }
         )
+
+
+def _join_rows(left: np.ndarray, right: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the row pairs of an inner join on integer keys in ``[0, n_keys)``, in ``DataFrame.merge``'s order.
+
+    Each left row in turn, followed by the right rows of its key in their own order: a repeat and a gather instead of
+    hashing millions of keys.
+    """
+    order = np.argsort(right, kind="stable")
+    counts = np.bincount(right, minlength=n_keys)
+    first = np.cumsum(counts) - counts  # where each key's rows start in `order`
+    per_left = counts[left]
+    left_rows = np.repeat(np.arange(len(left)), per_left)
+    within = np.arange(len(left_rows)) - np.repeat(np.cumsum(per_left) - per_left, per_left)
+    return left_rows, order[np.repeat(first[left], per_left) + within]
+
+
+def _spread(column: pd.Series, rows: np.ndarray) -> pd.Categorical:
+    """Return the values of ``column`` at ``rows`` as a categorical: its few distinct strings, not one per row."""
+    values = pd.Categorical(column)
+    return pd.Categorical.from_codes(values.codes[rows], dtype=values.dtype)
+
+
+def _evaluated_at(run_id: pd.Categorical, evaluated: np.ndarray) -> pd.Categorical:
+    """``eval_run``: the run's id where its end-of-run evaluations sit, ``""`` elsewhere."""
+    blank = len(run_id.categories)
+    dtype = pd.CategoricalDtype(run_id.categories.append(pd.Index([""])))
+    return pd.Categorical.from_codes(np.where(evaluated, run_id.codes, blank), dtype=dtype)
+
+
+def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate point tables; string columns stay categoricals, over the sorted union of their values.
+
+    Sorted categories make the codes order like the strings.
+    """
+    columns = {}
+    for name in POINT_COLUMNS:
+        pieces = [part[name] for part in parts]
+        if isinstance(pieces[0].dtype, pd.CategoricalDtype):
+            # an empty piece has object categories, which union_categoricals refuses to mix with strings
+            pieces = [pd.Categorical.from_codes(p.cat.codes, p.cat.categories.astype("str")) for p in pieces]
+            columns[name] = union_categoricals(pieces, sort_categories=True)
+        else:
+            columns[name] = np.concatenate([piece.to_numpy() for piece in pieces])
+    return pd.DataFrame(columns)
