@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import xarray as xr
 
 from ddxr._version import __version__
@@ -44,6 +45,10 @@ _RUN_FACTS = (
     "last_step",
 )
 _KEYS = ["params", "data", "seed", "step"]
+#: Cached managers and sources a build no longer needs once assembled: the progression manager (cleaned history,
+#: point table) and the raw tables read, as large as the curves' coordinates. Released before the write; asked for
+#: again, they are read or built anew.
+_RELEASED_AFTER_ASSEMBLY = ("training", "pretraining", "_store_runs", "_evaluation_entries")
 
 
 class DataDecideNext:
@@ -201,7 +206,10 @@ class DataDecideNext:
     def build(self) -> tuple[xr.Dataset, xr.Dataset]:
         """Build the curves and runs Datasets from the sources, bypassing the cache file.
 
-        The stage caches are still used: they are keyed by the sources they hold (see :mod:`ddxr.stage_cache`).
+        The stage caches are still used: they are keyed by the sources they hold (see :mod:`ddxr.stage_cache`). The
+        curves' metric variables are lazy (gathered from the metric tables when read, see
+        :func:`ddxr.assemble.assemble_curves`); :attr:`training` and :attr:`pretraining` are released once the
+        Datasets are assembled and rebuilt if used again.
         """
         stages = self.build_stages()
         with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
@@ -222,7 +230,11 @@ class DataDecideNext:
             self.evaluations.variable_attrs,
             attrs=self._provenance(),
         )
-        return curves, assemble_runs(self.runs_table())
+        runs = assemble_runs(self.runs_table())
+        self._forget(*_RELEASED_AFTER_ASSEMBLY)
+        # what the sources' Arrow tables left in pyarrow's pool would otherwise stay mapped through the write
+        pa.default_memory_pool().release_unused()
+        return curves, runs
 
     def runs_table(self) -> pd.DataFrame:
         """One row per W&B run: links, hyperparameters, state and what the build did with it."""
@@ -288,7 +300,7 @@ class DataDecideNext:
         """Cache file of the sources as they are now; managers read from older sources are dropped first."""
         path = self.cache_path()
         if self._read_for not in (None, path):
-            for name in (
+            self._forget(
                 "pretraining",
                 "_store_runs",
                 "_evaluation_entries",
@@ -297,10 +309,14 @@ class DataDecideNext:
                 "_posttraining_evaluations",
                 "_pretraining_metrics",
                 "training",
-            ):
-                self.__dict__.pop(name, None)
+            )
         self._read_for = path
         return path
+
+    def _forget(self, *names: str) -> None:
+        """Drop cached sources or managers; the next use of each reads or builds it again."""
+        for name in names:
+            self.__dict__.pop(name, None)
 
     def dataset(self, refresh: bool = False) -> xr.Dataset:
         """Return the curves Dataset: opened from the cache when the sources are unchanged, else built and cached.

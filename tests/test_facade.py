@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+import ddxr
+from ddxr.cache import write_dataset
 from ddxr.facade import DataDecideNext
 from ddxr.synthetic import generate
 from ddxr.vocabulary import OLMES_9_AVERAGE, OLMES_TASKS
@@ -158,3 +160,21 @@ def test_password_never_reaches_the_file(tmp_path, make_pg_url):
     assert "s3cret-pw" not in json.dumps(curves.attrs, default=str)
     assert b"s3cret-pw" not in dd.cache_path().read_bytes()
     assert "***" in curves.attrs["sources"]
+
+
+def test_a_build_keeps_metrics_lazy_and_releases_what_the_write_does_not_need(tmp_path):
+    truth = generate(tmp_path / "sources", n_runs=12, messy=False)
+    dd = DataDecideNext(tmp_path / "sources", truth.store_url, cache_dir=tmp_path / "cache", progress=False)
+    curves, runs = dd.build()
+    metrics = [name for name, variable in curves.data_vars.items() if variable.dtype == np.float32]
+    assert metrics and not any(curves[name].variable._in_memory for name in metrics)
+    # the progression manager (point table, cleaned history) and the raw tables read are let go ...
+    assert {"training", "pretraining", "_store_runs", "_evaluation_entries"}.isdisjoint(vars(dd))
+    # ... and rebuilt, the same, when asked for again
+    report = json.loads(curves.attrs["build_report"])
+    assert dd.training.report.as_dict() == report["progression"]
+    assert dd.build_report()["pretraining"] == report["pretraining"]
+    # the lazy variables write what they read
+    path = write_dataset(curves, runs, tmp_path / "built.nc")
+    with ddxr.open_dataset(path) as back:
+        xr.testing.assert_identical(back.load(), curves.load())
