@@ -31,11 +31,14 @@ from __future__ import annotations
 import difflib
 import json
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ddxr.errors import BuildError, InvalidArgumentError, SourceError
 from ddxr.vocabulary import (
@@ -322,19 +325,24 @@ class EvaluationManager:
         """
         _require_columns(entries, ENTRY_COLUMNS, "the post-training evaluation entries", "read them with WandBStore")
         keyed = entries.loc[entries["key"].astype(str).str.startswith(EVAL_PREFIX), list(ENTRY_COLUMNS)]
-        keyed = keyed.reset_index(drop=True)  # masks below align on the index: it must be unique
-        keyed, repeated = _deduplicate(keyed)
-        parsed = _parse(keyed)
-        dict_rows = parsed[parsed["metric"].isna()]
-        dict_values, dict_tasks, dict_issues = _explode_dicts(dict_rows)
+        coded, keys, vocabulary = _code_entries(keyed.reset_index(drop=True))
+        coded, repeated = _deduplicate(coded, keys, vocabulary)
+        is_dict = keys["metric"].isna().to_numpy()[coded["key"]]
+        dict_rows = coded.loc[is_dict].assign(key=keys["key"].to_numpy()[coded.loc[is_dict, "key"]])
+        dict_values, dict_tasks, dict_issues = _explode_dicts(dict_rows, vocabulary)
+        vocabulary = _with_metrics(vocabulary, keys, dict_values, dict_tasks)
+        dict_values = dict_values.assign(metric=vocabulary.metric_codes(dict_values["metric"]))
         # a task whose dict is unusable is skipped whole for that run, its flat keys included
-        broken = dict_rows[~_pairs_in(dict_rows, dict_tasks)]
-        flat_values, flat_issues = _flat_values(parsed[parsed["metric"].notna()])
-        flat_values = flat_values[~_pairs_in(flat_values, broken)]
-        values, merge_issues = _merge_sources(dict_values, flat_values, dict_tasks)
-        values, primary_issues = _check_primary(values, dict_tasks)
-        self._found.update(_found_variables(values))
-        evaluations, aggregate_issues = _widen(values)
+        broken = dict_rows[~np.isin(vocabulary.pairs(dict_rows), vocabulary.pairs(dict_tasks))]
+        flat_rows = coded.loc[~is_dict]
+        key_metric = vocabulary.metric_codes(keys["metric"])
+        flat_rows = flat_rows.assign(metric=key_metric[flat_rows["key"]])
+        flat_values, flat_issues = _flat_values(flat_rows, pd.Index(keys["key"]), vocabulary)
+        flat_values = flat_values[~np.isin(vocabulary.pairs(flat_values), vocabulary.pairs(broken))]
+        values, merge_issues = _merge_sources(dict_values, flat_values, dict_tasks, vocabulary)
+        values, variables, primary_issues = _check_primary(values, dict_tasks, vocabulary)
+        self._found.update(_found_variables(values, variables, vocabulary))
+        evaluations, aggregate_issues = _widen(values, variables, vocabulary)
         evaluations = evaluations.reindex(columns=self._evaluation_variables([*evaluations.columns, OLMES_9_AVERAGE]))
         issues = pd.concat(
             [repeated, dict_issues, flat_issues, merge_issues, primary_issues, aggregate_issues], ignore_index=True
@@ -536,11 +544,49 @@ def _mean_of_nine(frame: pd.DataFrame) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- post-training parsing
+# The entries are coded once: run ids, task names and metric names become positions in sorted vocabularies, so that
+# the joins and checks below compare integers, and a code sorts like its name. Names come back only for the rows
+# that make an issue message, the few distinct (task, metric) pairs that name variables, and the final table.
+
+#: A JSON number as JSONB and SQLite write it: such texts are cast in Arrow, which reads them as pandas does.
+_JSON_NUMBER = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$"
+_PRIMARY_SCORE = "primary_score"
+
+
 class _Unparseable:
     """Marks a value whose JSON text could not be parsed."""
 
 
 _UNPARSEABLE = _Unparseable()
+
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    """Sorted names behind the codes of post-training tables: ``runs[run]``, ``tasks[task]``, ``metrics[metric]``."""
+
+    runs: pd.Index
+    tasks: pd.Index
+    metrics: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+
+    def pairs(self, frame: pd.DataFrame) -> np.ndarray:
+        """One integer per (run, task) pair of a coded frame."""
+        return frame["run"].to_numpy(np.int64) * len(self.tasks) + frame["task"].to_numpy(np.int64)
+
+    def issues(self, frame: pd.DataFrame, reason: pd.Series | str, skipped: bool) -> pd.DataFrame:
+        """Issue rows for the (run, task) codes of ``frame``; ``reason`` aligned with ``frame``."""
+        return pd.DataFrame(
+            {
+                "run_id": pd.Series(self.runs[frame["run"]], index=frame.index, dtype=object).astype(str),
+                "task": pd.Series(self.tasks[frame["task"]], index=frame.index, dtype=object).astype(str),
+                "reason": reason,
+                "skipped": skipped,
+            },
+            columns=list(ISSUE_COLUMNS),
+        ).reset_index(drop=True)
+
+    def metric_codes(self, names: pd.Series | pd.Index) -> np.ndarray:
+        """Codes of metric names (-1 for a name outside the vocabulary)."""
+        return self.metrics.get_indexer(pd.Index(names, dtype=object))
 
 
 def _loads(value: object) -> object:
@@ -565,23 +611,9 @@ def _format(values: pd.Series) -> pd.Series:
     return values.map("{:.10g}".format).astype(str)
 
 
-def _issues(frame: pd.DataFrame, reason: pd.Series | str, skipped: bool) -> pd.DataFrame:
-    """Issue rows for the (run_id, task) pairs of ``frame``; ``reason`` aligned with ``frame``."""
-    return pd.DataFrame(
-        {
-            "run_id": frame["run_id"].astype(str),
-            "task": frame["task"].astype(str),
-            "reason": reason,
-            "skipped": skipped,
-        },
-        columns=list(ISSUE_COLUMNS),
-    ).reset_index(drop=True)
-
-
-def _per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series | pd.DataFrame]) -> pd.DataFrame:
-    """Apply a string transform once per distinct value: keys and names repeat across runs."""
-    codes, distinct = pd.factorize(values, use_na_sentinel=False)
-    return transform(pd.Series(distinct, dtype=object)).take(codes).set_axis(values.index)
+def _named(codes: pd.Series, names: pd.Index) -> pd.Series:
+    """Return the names of codes, aligned with them (for messages)."""
+    return pd.Series(names[codes.to_numpy(np.int64)], index=codes.index, dtype=object)
 
 
 def _split_key(keys: pd.Series) -> pd.DataFrame:
@@ -589,35 +621,67 @@ def _split_key(keys: pd.Series) -> pd.DataFrame:
     return keys.str.slice(len(EVAL_PREFIX)).str.split("/", n=1, expand=True).reindex(columns=[0, 1])
 
 
-def _deduplicate(entries: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the last of repeated (run_id, key) entries and record the repetition."""
-    repeated = entries.duplicated(["run_id", "key"], keep="last")
-    dropped = entries.loc[repeated].drop_duplicates(["run_id", "key"])
-    reason = _text(dropped["key"], ": repeated for this run; kept the last value")
-    return entries.loc[~repeated], _issues(dropped.assign(task=_split_key(dropped["key"])[0]), reason, skipped=False)
+def _code_entries(entries: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, _Vocabulary]:
+    """Code the entries.
 
-
-def _parse(entries: pd.DataFrame) -> pd.DataFrame:
-    """One row per entry: run_id, key, task, metric (missing for the per-task dicts), text, decoded value.
-
-    Most values are plain numbers: one vectorized conversion reads them, and only the rest (dicts, broken text)
-    goes through ``json.loads``.
+    Returns
+    -------
+    coded : pandas.DataFrame
+        One row per entry: ``run``, ``key``, ``task`` (codes), ``number`` (the value where ``pd.to_numeric`` reads
+        a number, else NaN) and ``value`` (as given).
+    keys : pandas.DataFrame
+        Indexed by key code: ``key``, ``task`` and ``metric`` (missing for the per-task dicts) names.
+    vocabulary : _Vocabulary
+        Run ids and task names (no metrics yet: the dicts hold more).
     """
-    keys = entries["key"].astype(str)
-    names = _per_distinct(keys, _split_key)
-    decoded = pd.to_numeric(entries["value"], errors="coerce").astype(object)
-    other = decoded.isna()
-    decoded[other] = entries.loc[other, "value"].map(_loads)
-    return pd.DataFrame(
+    run, runs = pd.factorize(entries["run_id"].astype(str), sort=True, use_na_sentinel=False)
+    key, distinct = pd.factorize(entries["key"].astype(str), sort=True, use_na_sentinel=False)
+    keys = _split_key(pd.Series(distinct, dtype=object)).set_axis(["task", "metric"], axis=1)
+    keys.insert(0, "key", pd.Series(distinct, dtype=object))
+    task_of_key, tasks = pd.factorize(keys["task"].astype(str), sort=True, use_na_sentinel=False)
+    coded = pd.DataFrame(
         {
-            "run_id": entries["run_id"].astype(str),
-            "key": keys,
-            "task": names[0].astype(str),
-            "metric": names[1].astype(object),
-            "text": entries["value"],
-            "decoded": decoded,
+            "run": run,
+            "key": key,
+            "task": task_of_key[key],
+            "number": _plain_numbers(entries["value"]),
+            "value": entries["value"].array,
         }
     )
+    return coded, keys, _Vocabulary(pd.Index(runs, dtype=object), pd.Index(tasks, dtype=object))
+
+
+def _plain_numbers(values: pd.Series) -> np.ndarray:
+    """Values as float64 where ``pd.to_numeric`` reads a number, else NaN.
+
+    Most values are JSON number texts: one Arrow cast reads them, and only the rest (dicts, broken text, values
+    already decoded) goes through ``pd.to_numeric``.
+    """
+    numbers = np.full(len(values), np.nan)
+    rest = np.ones(len(values), dtype=bool)
+    if isinstance(values.dtype, pd.StringDtype):
+        texts = pa.array(values.array, type=pa.large_string(), from_pandas=True)
+        plain = pc.match_substring_regex(texts, _JSON_NUMBER).fill_null(False)
+        rest = ~plain.to_numpy(zero_copy_only=False)
+        numbers[~rest] = pc.cast(texts.filter(plain), pa.float64()).to_numpy()
+    numbers[rest] = pd.to_numeric(values[rest], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return numbers
+
+
+def _deduplicate(coded: pd.DataFrame, keys: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the last of repeated (run_id, key) entries and record the repetition."""
+    repeated = coded.duplicated(["run", "key"], keep="last")
+    dropped = coded.loc[repeated].drop_duplicates(["run", "key"])
+    reason = _text(_named(dropped["key"], pd.Index(keys["key"])), ": repeated for this run; kept the last value")
+    return coded.loc[~repeated], vocabulary.issues(dropped, reason, skipped=False)
+
+
+def _decoded(rows: pd.DataFrame) -> pd.Series:
+    """Values as Python objects: the number where there is one, else the decoded JSON (or :data:`_UNPARSEABLE`)."""
+    decoded = pd.Series(rows["number"].to_numpy(), index=rows.index, dtype=object)
+    other = rows["number"].isna()
+    decoded[other] = rows.loc[other, "value"].map(_loads)
+    return decoded
 
 
 def _numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -628,24 +692,33 @@ def _numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return numbers, bad
 
 
-def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _explode_dicts(rows: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return the ``oe_eval_metrics/<task>`` dicts as long values.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        The coded per-task dict entries, with their ``key`` names.
+    vocabulary : _Vocabulary
+        Run and task names, for the issues.
 
     Returns
     -------
     values : pandas.DataFrame
-        (run_id, task, metric, value) of every numeric metric of the usable dicts, ``primary_score`` included.
+        (run, task, metric, value) of every numeric metric of the usable dicts, ``primary_score`` included; the
+        metric by its name.
     tasks : pandas.DataFrame
-        (run_id, task, primary_metric, primary_score) of every usable dict.
+        (run, task, primary_metric, primary_score) of every usable dict.
     issues : pandas.DataFrame
         Skipped tasks (unparseable, not a dict, no numeric primary_score) and skipped values.
     """
-    kinds = rows["decoded"].map(type)
+    decoded = _decoded(rows)
+    kinds = decoded.map(type)
     is_dict = kinds.isin([dict])
     not_dicts = rows.loc[~is_dict]
     found = np.where(
         kinds[~is_dict].isin([_Unparseable]),
-        _text("unparseable JSON ", _snippet(not_dicts["text"])),
+        _text("unparseable JSON ", _snippet(not_dicts["value"])),
         _text("a ", kinds[~is_dict].map(operator.attrgetter("__name__"))),
     )
     reason = _text(
@@ -654,11 +727,11 @@ def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
         found,
         "; skipped this task for this run (re-export the run's summary to recover it)",
     )
-    issues = [_issues(not_dicts, reason, skipped=True)]
+    issues = [vocabulary.issues(not_dicts, reason, skipped=True)]
 
     dicts = rows.loc[is_dict]
-    table = _flatten(pd.DataFrame(dicts["decoded"].tolist(), index=dicts.index))
-    primary_raw = table.get("primary_score", pd.Series(np.nan, index=dicts.index, dtype=object))
+    table = _flatten(pd.DataFrame(decoded[is_dict].tolist(), index=dicts.index))
+    primary_raw = table.get(_PRIMARY_SCORE, pd.Series(np.nan, index=dicts.index, dtype=object))
     primary, bad_primary = _numbers(primary_raw)
     lacking = dicts.loc[primary.isna()]
     reason = _text(
@@ -667,12 +740,12 @@ def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
         np.where(bad_primary[primary.isna()], _snippet(primary_raw[primary.isna()]), "none or NaN"),
         "; skipped this task for this run",
     )
-    issues.append(_issues(lacking, reason, skipped=True))
+    issues.append(vocabulary.issues(lacking, reason, skipped=True))
 
     usable = dicts.loc[primary.notna()]
     config = table.get("task_config", pd.Series(np.nan, index=dicts.index, dtype=object))
     primary_metric = config.where(config.map(type).isin([dict])).str.get("primary_metric")
-    tasks = usable[["run_id", "task"]].assign(
+    tasks = usable[["run", "task"]].assign(
         primary_metric=primary_metric[primary.notna()].astype(object), primary_score=primary[primary.notna()]
     )
     long = (
@@ -681,8 +754,8 @@ def _explode_dicts(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
         .reset_index()
         .melt(id_vars="_entry", var_name="metric", value_name="raw")
     )
-    long = long[long["raw"].notna()].join(usable[["run_id", "task", "key"]], on="_entry")
-    values, value_issues = _numeric_values(long, _text(long["key"], "[", long["metric"], "]"), long["raw"])
+    long = long[long["raw"].notna()].join(usable[["run", "task", "key"]], on="_entry")
+    values, value_issues = _numeric_values(long, _text(long["key"], "[", long["metric"], "]"), long["raw"], vocabulary)
     return values, tasks, pd.concat([*issues, value_issues], ignore_index=True)
 
 
@@ -709,72 +782,97 @@ def _flatten(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table.drop(columns=nested), *lifted], axis=1)
 
 
-def _numeric_values(rows: pd.DataFrame, where: pd.Series, raw: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(run_id, task, metric, value) of the numeric ``raw`` values, and a skip issue for each non-number."""
+def _numeric_values(
+    rows: pd.DataFrame, where: pd.Series, raw: pd.Series, vocabulary: _Vocabulary
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(run, task, metric, value) of the numeric ``raw`` values, and a skip issue for each non-number."""
     numbers, bad = _numbers(raw)
     reason = _text(where[bad], ": expected a number, found ", _snippet(raw[bad]), "; left this value out")
-    values = rows.assign(value=numbers).loc[~bad & numbers.notna(), ["run_id", "task", "metric", "value"]]
-    return values, _issues(rows.loc[bad], reason, skipped=True)
+    values = rows.assign(value=numbers).loc[~bad & numbers.notna(), ["run", "task", "metric", "value"]]
+    return values, vocabulary.issues(rows.loc[bad], reason, skipped=True)
 
 
-def _flat_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return the flat ``oe_eval_metrics/<task>/<metric>`` numbers, and issues for values that are not numbers."""
-    raw = rows["decoded"].where(~rows["decoded"].map(type).isin([_Unparseable]), rows["text"])
-    return _numeric_values(rows, rows["key"], raw)
+def _flat_values(rows: pd.DataFrame, keys: pd.Index, vocabulary: _Vocabulary) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return the flat ``oe_eval_metrics/<task>/<metric>`` numbers, and issues for values that are not numbers.
+
+    Numbers are taken as read; only the other values (text, booleans, broken JSON) are decoded and checked.
+    """
+    numbers = rows["number"].notna()
+    others = rows.loc[~numbers]
+    decoded = _decoded(others)
+    raw = decoded.where(~decoded.map(type).isin([_Unparseable]), others["value"])
+    checked, issues = _numeric_values(others, _named(others["key"], keys), raw, vocabulary)
+    values = rows.loc[numbers, ["run", "task", "metric", "number"]].rename(columns={"number": "value"})
+    return pd.concat([values, checked]).sort_index(), issues
 
 
-def _pairs_in(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
-    """Mask of the rows of ``frame`` whose (run_id, task) occurs in ``pairs``."""
-    index = pd.MultiIndex.from_frame(frame[["run_id", "task"]])
-    return index.isin(pd.MultiIndex.from_frame(pairs[["run_id", "task"]]))
+def _with_metrics(
+    vocabulary: _Vocabulary, keys: pd.DataFrame, dict_values: pd.DataFrame, tasks: pd.DataFrame
+) -> _Vocabulary:
+    """Return the vocabulary with every metric name: flat keys', the dicts', and the primary metrics they name."""
+    names = pd.concat(
+        [
+            keys["metric"].dropna(),
+            dict_values["metric"],
+            tasks["primary_metric"].dropna().astype(str),
+            pd.Series([_PRIMARY_SCORE]),
+        ]
+    )
+    return replace(vocabulary, metrics=pd.Index(np.sort(names.astype(object).unique()), dtype=object))
 
 
 def _merge_sources(
-    dict_values: pd.DataFrame, flat_values: pd.DataFrame, tasks: pd.DataFrame
+    dict_values: pd.DataFrame, flat_values: pd.DataFrame, tasks: pd.DataFrame, vocabulary: _Vocabulary
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One value per (run_id, task, metric): the dict's, else the flat key's; disagreements recorded.
+    """One value per (run, task, metric): the dict's, else the flat key's; disagreements recorded.
 
     A DataDecide task without a usable dict gets its primary score from the flat key of its OLMES primary metric.
     """
-    keys = ["run_id", "task", "metric"]
+    keys = ["run", "task", "metric"]
     merged = dict_values.merge(flat_values, on=keys, how="outer", suffixes=("_dict", "_flat"))
     both = merged["value_dict"].notna() & merged["value_flat"].notna()
     wrong = merged.loc[both & ~np.isclose(merged["value_dict"], merged["value_flat"], **_ISCLOSE)]
-    dict_key = _text(EVAL_PREFIX, wrong["task"])
+    dict_key = _text(EVAL_PREFIX, _named(wrong["task"], vocabulary.tasks))
+    metric = _named(wrong["metric"], vocabulary.metrics)
     reason = _text(
-        *(dict_key, " has ", wrong["metric"], " = ", _format(wrong["value_dict"])),
-        *(" but ", dict_key, "/", wrong["metric"], " = ", _format(wrong["value_flat"])),
+        *(dict_key, " has ", metric, " = ", _format(wrong["value_dict"])),
+        *(" but ", dict_key, "/", metric, " = ", _format(wrong["value_flat"])),
         "; kept the dict value",
     )
-    issues = [_issues(wrong, reason, skipped=False)]
+    issues = [vocabulary.issues(wrong, reason, skipped=False)]
 
     values = merged.assign(value=merged["value_dict"].fillna(merged["value_flat"]))[[*keys, "value"]]
-    without_dict = ~_pairs_in(values, tasks) & (values["metric"] == values["task"].map(PRIMARY_METRIC))
+    primary_metric = vocabulary.metric_codes(vocabulary.tasks.map(PRIMARY_METRIC))
+    has_primary = values["metric"].to_numpy() == primary_metric[values["task"].to_numpy()]
+    without_dict = ~np.isin(vocabulary.pairs(values), vocabulary.pairs(tasks)) & has_primary
     stand_ins = values.loc[without_dict]
-    dict_key = _text(EVAL_PREFIX, stand_ins["task"])
+    dict_key = _text(EVAL_PREFIX, _named(stand_ins["task"], vocabulary.tasks))
     reason = _text(
         *(dict_key, " (the metrics dict) is absent; took the primary score from "),
-        *(dict_key, "/", stand_ins["metric"], ", the task's OLMES primary metric"),
+        *(dict_key, "/", _named(stand_ins["metric"], vocabulary.metrics), ", the task's OLMES primary metric"),
     )
-    issues.append(_issues(stand_ins, reason, skipped=False))
-    values = pd.concat([values, stand_ins.assign(metric="primary_score")], ignore_index=True)
+    issues.append(vocabulary.issues(stand_ins, reason, skipped=False))
+    primary_score = vocabulary.metrics.get_loc(_PRIMARY_SCORE)
+    values = pd.concat([values, stand_ins.assign(metric=primary_score)], ignore_index=True)
     return values, pd.concat(issues, ignore_index=True)
 
 
-def _check_primary(values: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _check_primary(
+    values: pd.DataFrame, tasks: pd.DataFrame, vocabulary: _Vocabulary
+) -> tuple[pd.DataFrame, pd.Index, pd.DataFrame]:
     """Compare each primary_score with the metric its task_config names, then name the values' variables.
 
     ``primary_score`` is kept whatever the comparison says: it is what OLMES reports as the task's score.
     """
-    tasks = tasks[tasks["task"] != AGGREGATE_TASK]  # its primary_metric is "macro": checked against the nine instead
-    named = tasks.merge(
-        values.rename(columns={"metric": "primary_metric", "value": "named_value"}),
-        on=["run_id", "task", "primary_metric"],
-        how="left",
+    tasks = tasks[vocabulary.tasks[tasks["task"]] != AGGREGATE_TASK]  # "macro": checked against the nine instead
+    # only a text names a metric (a number in task_config.primary_metric matches none)
+    named_text = tasks["primary_metric"].map(lambda name: name if isinstance(name, str) else None)
+    named = tasks.assign(metric=vocabulary.metric_codes(named_text)).merge(
+        values.rename(columns={"value": "named_value"}), on=["run", "task", "metric"], how="left"
     )
-    key = _text(EVAL_PREFIX, named["task"])
+    key = _text(EVAL_PREFIX, _named(named["task"], vocabulary.tasks))
     metric = named["primary_metric"].astype(str)
-    expected = named["task"].map(PRIMARY_METRIC)
+    expected = _named(named["task"], vocabulary.tasks).map(PRIMARY_METRIC)
     unnamed = named["primary_metric"].isna()
     differ = named["named_value"].notna() & ~np.isclose(named["primary_score"], named["named_value"], **_ISCLOSE)
     absent = named["named_value"].isna() & ~unnamed
@@ -799,46 +897,66 @@ def _check_primary(values: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFr
         ),
     }
     masks = {"differ": differ, "unnamed": unnamed, "absent": absent, "unexpected": unexpected}
-    issues = [_issues(named.loc[mask], messages[name][mask], skipped=False) for name, mask in masks.items()]
-    return _name_variables(values, tasks), pd.concat(issues, ignore_index=True)
+    issues = [vocabulary.issues(named.loc[mask], messages[name][mask], skipped=False) for name, mask in masks.items()]
+    named_values, variables = _name_variables(values, tasks, vocabulary)
+    return named_values, variables, pd.concat(issues, ignore_index=True)
 
 
 def _sanitize(names: pd.Series) -> pd.Series:
     return names.str.replace(r"[^0-9A-Za-z_]+", "_", regex=True).str.strip("_")
 
 
-def _name_variables(values: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
-    """Add the ddxr variable of every value; another task's primary score goes under its primary metric's name."""
-    known = values["task"].isin(PRIMARY_METRIC.keys())
-    aggregate = values["task"] == AGGREGATE_TASK
-    primary = values["metric"] == "primary_score"
+def _name_variables(
+    values: pd.DataFrame, tasks: pd.DataFrame, vocabulary: _Vocabulary
+) -> tuple[pd.DataFrame, pd.Index]:
+    """Add the ddxr variable of every value (a code into the returned names).
+
+    Another task's primary score goes under its primary metric's name.
+    """
+    task_names = pd.Series(vocabulary.tasks, dtype=object)
+    known = task_names.isin(PRIMARY_METRIC.keys()).to_numpy()[values["task"]]
+    aggregate = (task_names == AGGREGATE_TASK).to_numpy()[values["task"]]
+    primary = values["metric"].to_numpy() == vocabulary.metrics.get_loc(_PRIMARY_SCORE)
     other_primary = primary & ~known & ~aggregate
-    renamed = values[other_primary].merge(tasks, on=["run_id", "task"], how="left")["primary_metric"]
-    metric = values["metric"].copy()
-    metric[other_primary] = renamed.fillna("primary_score").astype(str).to_numpy()
-    task, clean_metric = _per_distinct(values["task"], _sanitize), _per_distinct(metric, _sanitize)
-    variable = np.select(
-        [known & primary, known, aggregate & primary, aggregate],
-        [values["task"], values["task"] + "_" + metric, OLMES_9_AVERAGE, OLMES_9_AVERAGE + "_" + clean_metric],
-        default=task + "_" + clean_metric,
+    renamed = values[other_primary].merge(tasks, on=["run", "task"], how="left")["primary_metric"]
+    metric = values["metric"].to_numpy(copy=True)
+    metric[other_primary] = vocabulary.metric_codes(renamed.fillna(_PRIMARY_SCORE).astype(str))
+    # a variable is named by its (task, metric) pair alone: each distinct pair is named once
+    pair, distinct = pd.factorize(values["task"].to_numpy() * len(vocabulary.metrics) + metric)
+    task = pd.Series(vocabulary.tasks[distinct // len(vocabulary.metrics)], dtype=object)
+    pair_metric = pd.Series(vocabulary.metrics[distinct % len(vocabulary.metrics)], dtype=object)
+    pair_known, pair_aggregate = task.isin(PRIMARY_METRIC.keys()), task == AGGREGATE_TASK
+    pair_primary = pair_metric == _PRIMARY_SCORE
+    clean_metric = _sanitize(pair_metric)
+    name = np.select(
+        [pair_known & pair_primary, pair_known, pair_aggregate & pair_primary, pair_aggregate],
+        [task, task + "_" + pair_metric, OLMES_9_AVERAGE, OLMES_9_AVERAGE + "_" + clean_metric],
+        default=_sanitize(task) + "_" + clean_metric,
     )
+    variable, variables = pd.factorize(name[pair], sort=True)
     named = values.assign(metric=metric, variable=variable)
     # another task's primary score and the metric it names land on one variable: the primary score wins
-    return pd.concat([named[other_primary], named[~other_primary]]).drop_duplicates(["run_id", "variable"])
+    named = pd.concat([named[other_primary], named[~other_primary]]).drop_duplicates(["run", "variable"])
+    return named, pd.Index(variables, dtype=object)
 
 
-def _found_variables(values: pd.DataFrame) -> dict[str, tuple[str, str]]:
+def _found_variables(values: pd.DataFrame, variables: pd.Index, vocabulary: _Vocabulary) -> dict[str, tuple[str, str]]:
     """(task, metric) of the post-training variables outside ddxr's vocabulary."""
     found = values.drop_duplicates("variable")
-    found = found[~found["variable"].isin(_STATIC.keys())]
-    task = found["task"].mask(found["task"] == AGGREGATE_TASK, "olmes_9")
-    return dict(zip(found["variable"], zip(task, found["metric"], strict=True), strict=True))
+    names = variables[found["variable"]]
+    new = ~names.isin(_STATIC.keys())
+    task = pd.Series(vocabulary.tasks[found["task"][new]], dtype=object)
+    task = task.mask(task == AGGREGATE_TASK, "olmes_9")
+    metric = vocabulary.metrics[found["metric"][new]]
+    return dict(zip(names[new], zip(task, metric, strict=True), strict=True))
 
 
-def _widen(values: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _widen(values: pd.DataFrame, variables: pd.Index, vocabulary: _Vocabulary) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per run; ``olmes_9_average`` from the aggregate, else the mean of the nine, cross-checked."""
-    wide = values.set_index(["run_id", "variable"])["value"].unstack("variable")
-    wide = wide.rename_axis(index="run_id", columns=None).astype("float64")
+    wide = values.set_index(["run", "variable"])["value"].unstack("variable")
+    runs = wide.index.to_numpy()
+    wide = wide.set_axis(pd.Index(variables[wide.columns], dtype=object), axis=1)
+    wide = wide.set_axis(pd.Index(vocabulary.runs[runs], dtype=str, name="run_id"), axis=0).astype("float64")
     nine = pd.Series(_mean_of_nine(wide), index=wide.index)
     aggregate = wide.get(OLMES_9_AVERAGE, pd.Series(np.nan, index=wide.index))
     differ = aggregate.notna() & nine.notna() & ~np.isclose(aggregate, nine, rtol=0, atol=1e-6)
@@ -849,6 +967,6 @@ def _widen(values: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         _format(nine[differ]).to_numpy(),
         "; kept the aggregate",
     )
-    runs = pd.DataFrame({"run_id": wide.index[differ], "task": AGGREGATE_TASK})
+    flagged = pd.DataFrame({"run": runs[differ.to_numpy()], "task": vocabulary.tasks.get_indexer([AGGREGATE_TASK])[0]})
     wide[OLMES_9_AVERAGE] = aggregate.fillna(nine)
-    return wide, _issues(runs, reason, skipped=False)
+    return wide, vocabulary.issues(flagged, reason, skipped=False)
