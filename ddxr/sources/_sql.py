@@ -195,13 +195,17 @@ def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) ->
 
     ``value`` is the entry's JSON text.
     """
-    json_column = table.c[column]
     if dialect == "postgresql":
-        entry = sa.func.jsonb_each(sa.cast(json_column, JSONB)).table_valued("key", "value").alias("entry")
+        # the runs come in run_id order (OFFSET 0 keeps a subquery's order), so the server sorts each run's few
+        # hundred entries by key in memory (an incremental sort) instead of all entries at once, on disk
+        runs = sa.select(table.c.run_id, table.c[column]).order_by(table.c.run_id).offset(0).subquery("runs")
+        entry = sa.func.jsonb_each(sa.cast(runs.c[column], JSONB)).table_valued("key", "value").alias("entry")
         value = sa.cast(entry.c.value, sa.Text)
         # PostgreSQL's LIKE is case-sensitive; autoescape keeps the '_' of 'oe_eval_metrics/' literal
         matches = entry.c.key.startswith(key_prefix, autoescape=True)
     else:
+        runs = table
+        json_column = table.c[column]
         entry = sa.func.json_each(json_column).table_valued("key", "value", "fullkey").alias("entry")
         # `->` returns the entry's JSON text verbatim; for keys holding '"' (which SQLite 3.40 paths cannot name)
         # json_quote is the fallback, with 15 significant digits for reals
@@ -213,11 +217,11 @@ def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) ->
             sa.func.substr(entry.c.key, 1, len(key_prefix)) == key_prefix
         )
     return (
-        sa.select(table.c.run_id, entry.c.key, value.label("value"))
-        .select_from(table)
+        sa.select(runs.c.run_id, entry.c.key, value.label("value"))
+        .select_from(runs)
         .join(entry, sa.true())
         .where(matches)
-        .order_by(table.c.run_id, entry.c.key)
+        .order_by(runs.c.run_id, entry.c.key)
     )
 
 

@@ -8,6 +8,7 @@ SQL and stream in bounded chunks, so memory follows the chunk size, not the hist
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -604,10 +605,14 @@ class WandBStore:
         """
         names = list(statement.selected_columns.keys())
         with self._connect() as connection, self._invalid_json(connection, invalid_json):
-            chunks = [
-                pd.DataFrame.from_records(rows, columns=names).astype(object)
-                for rows in stream_rows(connection, statement, self.chunk_size)
-            ]
+            if self._url.dialect == "postgresql":  # COPY: text parsed column-wise by Arrow, not tuple by tuple
+                tables = list(copy_tables(connection, statement, dict.fromkeys(names, pa.string()), self.chunk_size))
+                chunks = [pa.concat_tables(tables).to_pandas()] if tables else []
+            else:
+                chunks = [
+                    pd.DataFrame.from_records(rows, columns=names).astype(object)
+                    for rows in stream_rows(connection, statement, self.chunk_size)
+                ]
         return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=names, dtype=object)
 
     def _stream(self, query: _HistoryQuery, chunk_size: int) -> Iterator[pd.DataFrame]:
@@ -920,9 +925,26 @@ def _load_json(cell: object) -> object:
     return cell if isinstance(cell, dict) else _Malformed(f"a JSON {type(cell).__name__}, not an object")
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while JSON is decoded.
+
+    Decoding creates hundreds of thousands of dicts and floats, and every few hundred of them the collector would
+    walk all the objects the build holds; decoded JSON holds no reference cycles, so there is nothing to collect.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _dicts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
     """JSON cells (text or decoded) as dicts; NULL as ``{}``."""
-    parsed = cells.map(_load_json).astype(object)
+    with _collector_paused():
+        parsed = cells.map(_load_json).astype(object)
     malformed = parsed.map(lambda cell: isinstance(cell, _Malformed))
     if malformed.any():
         raise SourceError(
