@@ -18,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xarray as xr
 
 import ddxr.sources.datadecide as datadecide_module
 import ddxr.sources.wandb_store as wandb_store_module
@@ -39,6 +40,7 @@ from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
 __all__ = ["HistoryRead", "StageCache"]
 
 _METADATA_KEY = "ddxr_stage"  # file metadata (JSON): what the stored table alone cannot say
+_COLUMNS_PER_WRITE = 256  # float columns copied into one netCDF write (≈50 MB for the full grid)
 
 
 def _code_digest(*modules: object) -> str:
@@ -87,7 +89,7 @@ class StageCache:
             {
                 "files": source.file_stats(),
                 "mean": source.mean,
-                "reader": _code_digest(datadecide_module, vocabulary_module),
+                "reader": _code_digest(datadecide_module, vocabulary_module, sys.modules[__name__]),
                 "schema_version": SCHEMA_VERSION,
             }
         )
@@ -186,39 +188,52 @@ def _stage_metadata(path: Path) -> tuple[pa.Table, dict]:
 
 
 def _write_evals(evals: PretrainingEvals, path: Path) -> None:
-    """Return the table as netCDF.
+    """Write the table as netCDF, with the netCDF4 library itself (an xarray Dataset would add nothing here).
 
-    Its float64 columns become one 2-D variable (one write, not one per column: the full grid has ≈1,900 metric
-    columns), the other columns 1-D variables, the skips and source JSON attributes.
+    Its float64 columns become one 2-D variable ``floats`` of dimensions (float_column, row), written a block of
+    columns at a time: one write per block, not one per column (the full grid has ≈1,900 metric columns), and each
+    column, a contiguous array in the table, lands in the file as it is. Other columns become 1-D variables; the
+    skips and the source go in a JSON attribute.
     """
     table = evals.table
     floats = [name for name in table.columns if table[name].dtype == np.float64]
     others = [name for name in table.columns if name not in floats]
-    variables = {f"column_{i}": ("row", table[name].to_numpy()) for i, name in enumerate(others)}
-    variables["floats"] = (("row", "float_column"), table[floats].to_numpy(np.float64))
-    attrs = {
-        _METADATA_KEY: json.dumps(
-            {
-                "others": others,
-                "dtypes": [str(table[name].dtype) for name in others],
-                "floats": floats,
-                "columns": list(table.columns),
-                "skipped": json.loads(evals.skipped.to_json(orient="split", index=False)),
-                "source": evals.source,
-            }
-        )
+    content = {
+        "others": others,
+        "dtypes": [str(table[name].dtype) for name in others],
+        "floats": floats,
+        "columns": list(table.columns),
+        "skipped": json.loads(evals.skipped.to_json(orient="split", index=False)),
+        "source": evals.source,
     }
-    _replace(path, lambda target: xr.Dataset(variables, attrs=attrs).to_netcdf(target, engine="netcdf4"))
+
+    def write(target: Path) -> None:
+        with netCDF4.Dataset(target, "w") as file:
+            file.createDimension("row", len(table))
+            file.createDimension("float_column", len(floats))
+            for position, name in enumerate(others):
+                values = table[name].to_numpy()
+                kind = str if values.dtype.kind in "OUT" else values.dtype
+                file.createVariable(f"column_{position}", kind, ("row",))[:] = values
+            matrix = file.createVariable("floats", np.float64, ("float_column", "row"), fill_value=False)
+            for start in range(0, len(floats), _COLUMNS_PER_WRITE):
+                block = floats[start : start + _COLUMNS_PER_WRITE]
+                matrix[start : start + len(block), :] = np.stack([table[name].to_numpy() for name in block])
+            file.setncattr(_METADATA_KEY, json.dumps(content))
+
+    _replace(path, write)
 
 
 def _read_evals(path: Path) -> PretrainingEvals:
-    with xr.open_dataset(path, engine="netcdf4") as stored:
-        content = json.loads(stored.attrs[_METADATA_KEY])
+    with netCDF4.Dataset(path) as file:
+        file.set_auto_mask(False)  # NaN is NaN: no value is a fill value
+        content = json.loads(file.getncattr(_METADATA_KEY))
         others = {
-            name: stored[f"column_{i}"].to_numpy().astype(dtype)
-            for i, (name, dtype) in enumerate(zip(content["others"], content["dtypes"], strict=True))
+            name: file[f"column_{position}"][:].astype(dtype)
+            for position, (name, dtype) in enumerate(zip(content["others"], content["dtypes"], strict=True))
         }
-        floats = pd.DataFrame(stored["floats"].to_numpy(), columns=pd.Index(content["floats"], dtype=object))
+        # (float_column, row) read as stored; its transpose is the (row, column) block of the frame, not a copy
+        floats = pd.DataFrame(file["floats"][:].T, columns=pd.Index(content["floats"], dtype=object), copy=False)
     table = pd.concat([pd.DataFrame(others), floats], axis=1)
     if list(table.columns) != content["columns"]:
         table = table[content["columns"]]
