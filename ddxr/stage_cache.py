@@ -153,7 +153,7 @@ class StageCache:
         if to_read.size or cached is None:
             for chunk in chunks(store.iter_history(to_read, keys)):
                 coercions.update(chunk.attrs.get(COERCION_FAILURES, {}))
-                frames.append(chunk.assign(run_id=chunk["run_id"].astype(dtype)))
+                frames.append(chunk.assign(run_id=_categorical(chunk["run_id"], dtype)))
         if frames:
             frame = pd.concat(frames, ignore_index=True)
         else:
@@ -163,8 +163,16 @@ class StageCache:
         if to_read.size or cached is None:  # nothing new: the file already holds every row used
             self.folder.mkdir(parents=True, exist_ok=True)
             table = _history_table(read, snapshot)
-            _replace(path, lambda target: pq.write_table(table, target))
+            # floats compress poorly and dictionary-encode worse: only run_id is worth a dictionary
+            _replace(path, lambda target: pq.write_table(table, target, use_dictionary=["run_id"], compression="lz4"))
         return read
+
+
+def _categorical(values: pd.Series, dtype: pd.CategoricalDtype) -> pd.Categorical:
+    """``values.astype(dtype)``, looking up only the distinct values (a chunk of history holds a few runs)."""
+    codes, distinct = pd.factorize(values)
+    positions = np.append(dtype.categories.get_indexer(distinct), -1)  # a missing value (code -1) stays missing
+    return pd.Categorical.from_codes(positions[codes], dtype=dtype)
 
 
 def _replace(path: Path, write: Callable[[Path], None]) -> None:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ddxr.errors import BuildError, InvalidArgumentError, SourceError
+from ddxr.sources._collector import collector_paused
 from ddxr.vocabulary import (
     METRICS,
     MMLU_TASKS,
@@ -329,7 +330,8 @@ class EvaluationManager:
         coded, repeated = _deduplicate(coded, keys, vocabulary)
         is_dict = keys["metric"].isna().to_numpy()[coded["key"]]
         dict_rows = coded.loc[is_dict].assign(key=keys["key"].to_numpy()[coded.loc[is_dict, "key"]])
-        dict_values, dict_tasks, dict_issues = _explode_dicts(dict_rows, vocabulary)
+        with collector_paused():  # the decoded dicts are freed before it resumes
+            dict_values, dict_tasks, dict_issues = _explode_dicts(dict_rows, vocabulary)
         vocabulary = _with_metrics(vocabulary, keys, dict_values, dict_tasks)
         dict_values = dict_values.assign(metric=vocabulary.metric_codes(dict_values["metric"]))
         # a task whose dict is unusable is skipped whole for that run, its flat keys included

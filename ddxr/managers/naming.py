@@ -7,6 +7,8 @@ Values come back raw (recipe codes, size labels, numbers as floats); the relatio
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -206,7 +208,9 @@ def parse_cli_args(args: pd.Series, keys: tuple[str, ...]) -> pd.DataFrame:
     positional = args.reset_index(drop=True)  # grouping by position stays right whatever the caller's index
     tokens = positional.explode().astype("str")
     following = tokens.groupby(level=0).shift(-1)
-    is_option = tokens.str.startswith("--", na=False)
+    # only options that may name a wanted key are split: the extract runs token by token in Python
+    spellings = "|".join(re.escape(key).replace("_", "[-_]") for key in keys)
+    is_option = tokens.str.match(rf"--(?:{spellings})(?:=|\n|$)", na=False)
     option = tokens[is_option].str.extract(r"^--(?P<key>[A-Za-z][\w-]*)(?:=(?P<value>.*))?$")
     option["key"] = option["key"].str.replace("-", "_")
     separate = following[is_option].where(~following[is_option].str.startswith("--", na=True))

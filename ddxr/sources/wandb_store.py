@@ -8,7 +8,6 @@ SQL and stream in bounded chunks, so memory follows the chunk size, not the hist
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from ddxr.errors import InvalidArgumentError, SourceError
+from ddxr.sources._collector import collector_paused
 from ddxr.sources._copy import copy_tables
 from ddxr.sources._sql import (
     StoreURL,
@@ -925,25 +925,9 @@ def _load_json(cell: object) -> object:
     return cell if isinstance(cell, dict) else _Malformed(f"a JSON {type(cell).__name__}, not an object")
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while JSON is decoded.
-
-    Decoding creates hundreds of thousands of dicts and floats, and every few hundred of them the collector would
-    walk all the objects the build holds; decoded JSON holds no reference cycles, so there is nothing to collect.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _dicts(cells: pd.Series, run_ids: pd.Series, column: str) -> pd.Series:
     """JSON cells (text or decoded) as dicts; NULL as ``{}``."""
-    with _collector_paused():
+    with collector_paused():
         parsed = cells.map(_load_json).astype(object)
     malformed = parsed.map(lambda cell: isinstance(cell, _Malformed))
     if malformed.any():
