@@ -586,6 +586,16 @@ class _Vocabulary:
             columns=list(ISSUE_COLUMNS),
         ).reset_index(drop=True)
 
+    def cells(self, frame: pd.DataFrame) -> np.ndarray:
+        """One integer per (run, task, metric) of a coded frame, ordered as the triplets are."""
+        return self.pairs(frame) * len(self.metrics) + frame["metric"].to_numpy(np.int64)
+
+    def uncoded(self, cells: pd.Series) -> pd.DataFrame:
+        """Return the ``run``, ``task`` and ``metric`` codes of :meth:`cells`."""
+        pair, metric = np.divmod(cells.to_numpy(np.int64), len(self.metrics))
+        run, task = np.divmod(pair, len(self.tasks))
+        return pd.DataFrame({"run": run, "task": task, "metric": metric}, index=cells.index)
+
     def metric_codes(self, names: pd.Series | pd.Index) -> np.ndarray:
         """Codes of metric names (-1 for a name outside the vocabulary)."""
         return self.metrics.get_indexer(pd.Index(names, dtype=object))
@@ -664,8 +674,10 @@ def _plain_numbers(values: pd.Series) -> np.ndarray:
     if isinstance(values.dtype, pd.StringDtype):
         texts = pa.array(values.array, type=pa.large_string(), from_pandas=True)
         plain = pc.match_substring_regex(texts, _JSON_NUMBER).fill_null(False)
-        rest = ~plain.to_numpy(zero_copy_only=False)
-        numbers[~rest] = pc.cast(texts.filter(plain), pa.float64()).to_numpy()
+        numbers[plain.to_numpy(zero_copy_only=False)] = pc.cast(texts.filter(plain), pa.float64()).to_numpy()
+        # JSON objects, arrays and strings are no numbers to pd.to_numeric either (and long to scan)
+        composite = pc.is_in(pc.utf8_slice_codeunits(texts, 0, 1), pa.array(["{", "[", '"']))
+        rest = ~pc.or_(plain, composite).fill_null(False).to_numpy(zero_copy_only=False)
     numbers[rest] = pd.to_numeric(values[rest], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     return numbers
 
@@ -831,7 +843,9 @@ def _merge_sources(
     A DataDecide task without a usable dict gets its primary score from the flat key of its OLMES primary metric.
     """
     keys = ["run", "task", "metric"]
-    merged = dict_values.merge(flat_values, on=keys, how="outer", suffixes=("_dict", "_flat"))
+    sides = [frame[["value"]].assign(cell=vocabulary.cells(frame)) for frame in (dict_values, flat_values)]
+    merged = sides[0].merge(sides[1], on="cell", how="outer", suffixes=("_dict", "_flat"))  # sorted by cell
+    merged = pd.concat([vocabulary.uncoded(merged["cell"]), merged[["value_dict", "value_flat"]]], axis=1)
     both = merged["value_dict"].notna() & merged["value_flat"].notna()
     wrong = merged.loc[both & ~np.isclose(merged["value_dict"], merged["value_flat"], **_ISCLOSE)]
     dict_key = _text(EVAL_PREFIX, _named(wrong["task"], vocabulary.tasks))
