@@ -204,8 +204,8 @@ def _write_evals(evals: PretrainingEvals, path: Path) -> None:
     skips and the source go in a JSON attribute.
     """
     table = evals.table
-    floats = [name for name in table.columns if table[name].dtype == np.float64]
-    others = [name for name in table.columns if name not in floats]
+    is_float = (table.dtypes == np.float64).to_numpy()
+    floats, others = list(table.columns[is_float]), list(table.columns[~is_float])
     content = {
         "others": others,
         "dtypes": [str(table[name].dtype) for name in others],

@@ -1040,12 +1040,15 @@ def _stored_numbers(raw: pd.DataFrame, column: str, *, integral: bool) -> pd.Ser
     Text (or, for ``step``, missing or fractional values) raises a SourceError naming the run and the value.
     """
     values = raw[column]
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    bad = numbers.isna() & values.notna()
+    if values.dtype == np.float64:  # read as numbers (a NULL is NaN): no text to find
+        numbers, bad = values, np.zeros(len(values), dtype=bool)
+    else:
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = (numbers.isna() & values.notna()).to_numpy()
     if integral:
-        bad |= numbers.isna() | (numbers % 1 != 0)
+        bad = bad | (numbers.isna() | (numbers % 1 != 0)).to_numpy()
     if bad.any():
-        first = int(np.flatnonzero(bad.to_numpy())[0])
+        first = int(np.flatnonzero(bad)[0])
         raise SourceError(
             f"wandb_history.{column} of run {raw['run_id'].iloc[first]!r} holds {values.iloc[first]!r} in the row "
             f"with step {raw['step'].iloc[first]!r} ({int(bad.sum())} such rows in this chunk), expected "
@@ -1070,8 +1073,11 @@ def _coerce(values: pd.Series) -> tuple[np.ndarray, int]:
     an inf REAL), as DataDecide cells are read.
     The strings ``"Infinity"``/``"-Infinity"`` (how W&B and :meth:`WandBStore.store_history` write ±inf) stay ±inf.
     """
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
-    failed = np.isnan(numbers) & values.notna().to_numpy(bool)
+    if values.dtype == np.float64:  # read as numbers (a NULL is NaN): only infinities to check
+        numbers, failed = values.to_numpy(copy=True), np.zeros(len(values), dtype=bool)
+    else:
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
+        failed = np.isnan(numbers) & values.notna().to_numpy(bool)
     if failed.any():
         failed[failed] = ~values[failed].astype("str").str.fullmatch(_NAN_TEXT, case=False).to_numpy(dtype=bool)
     infinite = np.isinf(numbers)
