@@ -19,6 +19,7 @@ from ddxr.managers.evaluations import (
     ISSUE_COLUMNS,
     METRIC_SETS,
     EvaluationManager,
+    _plain_numbers,
 )
 from ddxr.vocabulary import (
     METRIC_SUFFIXES,
@@ -673,3 +674,12 @@ def test_entries_read_from_a_real_store_give_the_same_evaluations(
     from_store, issues = manager.posttraining_evaluations(read)
     pd.testing.assert_frame_equal(from_store.sort_index(), manager.posttraining_evaluations(entries)[0].sort_index())
     assert issues.empty
+
+
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_number_texts_read_as_pandas_reads_them(dtype) -> None:
+    texts = ["0.2721843003", "-0", "1E5", "1e999", "-1e999", "12345678901234567890123", "4.9e-324", "7", " 1.5"]
+    texts += ["NaN", "+1", "1.", '"0.5"', '{"a": 1}', "[1]", "null", "true", "", None]
+    values = pd.Series(texts, dtype=dtype)
+    expected = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    np.testing.assert_array_equal(_plain_numbers(values), expected)

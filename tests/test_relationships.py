@@ -835,6 +835,17 @@ def test_cli_args_keep_index_and_handle_flags() -> None:
     assert got.loc[20].isna().all()
 
 
+def test_cli_args_match_whole_option_names_in_both_spellings() -> None:
+    args = pd.Series(
+        [
+            ["--learning-rate", "1e-05", "--seed_offset", "3", "--learning_rate_scale=2", "--seed=4"],
+            ["--learning_rate=2e-05", "--learning-rate", "3e-05", "--seedling", "9"],
+        ]
+    )
+    got = parse_cli_args(args, ("learning_rate", "seed"))
+    assert got.to_numpy().tolist() == [["1e-05", "4"], ["3e-05", np.nan]]
+
+
 def test_model_path_kinds() -> None:
     paths = pd.Series(
         [

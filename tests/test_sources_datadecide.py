@@ -407,6 +407,22 @@ def test_identical_duplicates_are_skipped(small_raw: tuple[pd.DataFrame, pd.Data
     pd.testing.assert_frame_equal(evals.table, read_datadecide(write_raw(tmp_path / "once", downstream, ppl)).table)
 
 
+def test_full_eval_rows_in_any_order_read_as_sorted(small_raw: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    full_eval = to_full_eval(*small_raw)
+    backwards = full_eval.iloc[::-1].reset_index(drop=True)
+    repeated = pd.concat([backwards, backwards.iloc[[5, 2]]], ignore_index=True)
+    evals = read_datadecide(SimpleNamespace(full_eval=repeated))
+    pd.testing.assert_frame_equal(evals.table, read_datadecide(SimpleNamespace(full_eval=full_eval)).table)
+    n = len(full_eval)
+    assert evals.skipped[["row", "reason"]].values.tolist() == [  # in file order, naming the first of the file
+        [n, "duplicate of row 5 with identical values"],
+        [n + 1, "duplicate of row 2 with identical values"],
+    ]
+    twin = backwards.iloc[[4]].assign(hellaswag_acc_raw=0.5)  # a differing repeat before the row it repeats
+    with pytest.raises(SourceError, match=r"rows 0 and 5: two rows for the same checkpoint"):
+        read_datadecide(SimpleNamespace(full_eval=pd.concat([twin, backwards], ignore_index=True)))
+
+
 def test_unknown_full_eval_columns_are_skips(exports: SimpleNamespace) -> None:
     full_eval = pd.read_parquet(exports.full / "full_eval.parquet").assign(my_note="x", pile_test=1.0)
     evals = read_datadecide(SimpleNamespace(full_eval=full_eval))

@@ -11,7 +11,7 @@ import xarray as xr
 from ddxr.facade import DataDecideNext
 from ddxr.sources.datadecide import PretrainingSource
 from ddxr.sources.wandb_store import WandBStore
-from ddxr.stage_cache import StageCache
+from ddxr.stage_cache import StageCache, _categorical
 from ddxr.synthetic import generate, generate_posttraining
 from ddxr.synthetic.pretraining import write_datadecide
 
@@ -97,3 +97,11 @@ def test_unchanged_store_reads_no_history(tmp_path, sqlite_url):
     again = DataDecideNext(tmp_path / "sources", sqlite_url, cache_dir=tmp_path / "cache", progress=False)
     again.build()  # a rebuild (new options, or `ddxr build --refresh`) of an unchanged store
     assert again._history.read_from_store == []
+
+
+def test_run_ids_become_the_categories_astype_gives() -> None:
+    dtype = pd.CategoricalDtype(pd.Index(["r3", "r1", "r2"], dtype=object))
+    values = pd.Series(["r1", "r1", "r2", None, "r3", "r1"], dtype="str")
+    got = pd.Series(_categorical(values, dtype))
+    pd.testing.assert_series_equal(got, values.astype(dtype))
+    assert got.cat.codes.tolist() == [1, 1, 2, -1, 0, 1]  # a missing id stays missing

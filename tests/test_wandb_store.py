@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ddxr.errors import InvalidArgumentError, SourceError
+from ddxr.sources._collector import collector_paused
 from ddxr.sources.wandb_store import COERCION_FAILURES, HISTORY_COLUMNS, RUN_JSON_COLUMNS, WandBStore
 
 RUN_1 = "2025_08_18-22_30_05_allenai--DataDecide-dolma1_7-4M_main_default"
@@ -245,6 +247,34 @@ def test_read_run_entries_prefix_is_literal_and_case_sensitive(store_url: str) -
         assert len(store.read_run_entries("summary", "")) == 6
         with pytest.raises(SourceError, match=r"read_run_entries reads one of .*'summary'.* not 'metrics'"):
             store.read_run_entries("metrics", "x")
+
+
+def test_read_run_entries_are_ordered_by_run_then_key(store_url: str) -> None:
+    # JSONB keeps keys by length, then bytes: the server must still sort each run's entries by key
+    keys = ["oe_eval_metrics/piqa/acc_raw", "oe_eval_metrics/b", "oe_eval_metrics/arc_easy", "oe_eval_metrics/a/x"]
+    with WandBStore(store_url) as store:
+        store.create_tables()
+        for run_id in ("r2", "r10", "r1"):
+            store.store_runs(_runs_frame(run_id, summary={key: position for position, key in enumerate(keys)}))
+        entries = store.read_run_entries("summary", "oe_eval_metrics/")
+    expected = sorted((run_id, key) for run_id in ("r1", "r10", "r2") for key in keys)
+    assert list(zip(entries["run_id"], entries["key"], strict=True)) == expected
+    assert entries.loc[entries["key"] == "oe_eval_metrics/b", "value"].tolist() == ["1", "1", "1"]
+
+
+def test_collector_paused_restores_the_collector_state() -> None:
+    assert gc.isenabled()
+    with pytest.raises(KeyError), collector_paused():
+        assert not gc.isenabled()
+        raise KeyError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
 
 
 def test_store_runs_replaces_existing_runs(real_store: WandBStore, sample_runs: pd.DataFrame) -> None:

@@ -372,8 +372,8 @@ class WandBStore:
         keys : sequence of str
             Metric keys, e.g. ``["train_loss", "rewards/accuracy"]``; a key absent from a row reads as NaN.
         chunk_size : int, optional
-            Rows per yielded frame (default: the store's ``chunk_size``). PostgreSQL streams through a
-            server-side cursor, so memory stays bounded by the chunk size.
+            Rows per yielded frame (default: the store's ``chunk_size``). PostgreSQL streams a ``COPY``, SQLite a
+            cursor, so memory stays bounded by the chunk size.
 
         Yields
         ------
@@ -599,7 +599,7 @@ class WandBStore:
         return _HistoryQuery(statement, keys, timestamp_kind)
 
     def _read_frame(self, statement: sa.Select, *, invalid_json: tuple[sa.Table, str] | None = None) -> pd.DataFrame:
-        """All rows of ``statement`` (columns named by its labels), as object columns.
+        """All rows of ``statement`` (columns named by its labels): text columns on PostgreSQL, objects on SQLite.
 
         ``invalid_json`` names the JSON column SQL parses, so that a cell SQLite cannot parse is named.
         """
