@@ -58,13 +58,14 @@ from ddxr.coders import (
     codes_attrs,
     decode_attrs,
     encode_attrs,
+    equal_runs,
     is_nullable_boolean,
     jsonable,
 )
 from ddxr.errors import BuildError, CacheError, DdxrError, InvalidArgumentError
 from ddxr.handles import open_shared
-from ddxr.index import set_ddxr_index
-from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, validate_dataset
+from ddxr.index import DdxrIndex, index_coordinates, set_ddxr_index
+from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, RUN_DIM, validate_dataset
 
 #: Version of the file layout; files of another layout are refused with a request to rebuild them.
 SCHEMA_VERSION: int = 3
@@ -82,8 +83,10 @@ DECODING = (
     "gives the labelled Dataset with .sel on every level."
 )
 
-_COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
+_COMPRESSION = {"zlib": True, "complevel": 1}
 _POINT_CHUNK = 1 << 14  # points per chunk: small enough that reading a sweep decompresses little
+_WRITE_CHUNK_CACHE = 1 << 20  # bytes of chunks each variable keeps in memory while the file is written
+_NEAR_UNIQUE_CODES = 4  # bytes per code (int32): codes of a table of 32,767 values or more are stored uncompressed
 _INDEXES_ATTR = "ddxr_indexes"  # indexed coordinates that are not dimension coordinates (runs: run_id along run)
 _COORDINATES_ATTR = "ddxr_coordinates"  # the point variables ddxr restores as coordinates
 # describe the file, not the data: not part of the decoded Dataset
@@ -124,16 +127,22 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
     Notes
     -----
     ``ddxr_version`` and ``created`` (UTC ISO 8601) are stamped on both groups when absent; ``schema_version`` is
-    always the writer's :data:`SCHEMA_VERSION`. Numeric variables are compressed with zlib (level 4) and shuffle.
+    always the writer's :data:`SCHEMA_VERSION`. Variables are compressed with zlib level 1 (see :func:`_encodings`).
+
+    The curves are written one variable at a time, and their data variables are read only then: lazily indexed
+    metrics (e.g. computed on access) are loaded one by one as they are written, so memory holds one at a time.
     """
     path = Path(path)
     encoded_curves, encoded_runs = encode(curves, runs)
-
     encoded_curves = _as_utf8_bytes(encoded_curves)
 
     def write(target: Path) -> None:
-        encoded_curves.to_netcdf(target, mode="w", engine=ENGINE, encoding=_encodings(encoded_curves))
-        encoded_runs.to_netcdf(target, mode="a", group=RUNS_GROUP, engine=ENGINE, encoding=_encodings(encoded_runs))
+        store = _WriteStore.open(target, mode="w")
+        try:
+            _dump_by_variable(encoded_curves, store)
+            encoded_runs.dump_to_store(store.get_child_store(RUNS_GROUP), encoding=_encodings(encoded_runs))
+        finally:
+            store.close()
 
     replace_atomically(path, write)
     return path
@@ -386,7 +395,9 @@ def _check_strings(ds: xr.Dataset, where: str) -> None:
     for name, variable in ds.variables.items():
         # MultiIndex levels are checked through their codes instead (validate_dataset)
         if variable.dtype.kind in "OUT" and name not in (POINT_DIM, *LEVELS) and not is_nullable_boolean(variable):
-            missing = int(pd.isna(np.asarray(variable.values).reshape(-1)).sum())
+            values = np.asarray(variable.values).reshape(-1)
+            starts, lengths = equal_runs(values)  # strings repeat along point: test one value per run
+            missing = int(lengths[pd.isna(values[starts])].sum())
             if missing:
                 raise BuildError(
                     f"{where} variable {name!r}: expected strings, found {missing} missing values; netCDF would "
@@ -423,13 +434,20 @@ def _encode_curves(curves: xr.Dataset) -> xr.Dataset:
 
 
 def _encode_variables(ds: xr.Dataset) -> xr.Dataset:
-    """Encode nullable booleans as int8 and attrs as JSON where needed; add the file's own attributes."""
+    """Encode nullable booleans as int8 and attrs as JSON where needed; add the file's own attributes.
+
+    Decides from dtypes and attrs: no float variable is read (lazily indexed metrics stay unread).
+    """
     variables = {name: _JSON.encode(_BOOLEANS.encode(variable, name), name) for name, variable in ds.variables.items()}
-    encoded = ds.copy()
-    for name, variable in variables.items():
-        encoded[name] = variable
-    encoded.attrs = encode_attrs({**ds.attrs, "Conventions": CONVENTIONS, "ddxr_decoding": DECODING}, "Dataset")
-    return encoded
+    attrs = encode_attrs({**ds.attrs, "Conventions": CONVENTIONS, "ddxr_decoding": DECODING}, "Dataset")
+    return _replaced(ds, variables, attrs)
+
+
+def _replaced(ds: xr.Dataset, variables: Mapping[Hashable, xr.Variable], attrs: Mapping[Hashable, Any]) -> xr.Dataset:
+    """Return ``ds`` with some of its variables replaced, in one construction (no merge per variable)."""
+    data_vars = {name: variables.get(name, ds.variables[name]) for name in ds.data_vars}
+    coords = {name: variables.get(name, ds.variables[name]) for name in ds.coords}
+    return xr.Dataset(data_vars, coords=xr.Coordinates(coords, indexes={}), attrs=attrs)
 
 
 def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
@@ -439,39 +457,92 @@ def _encode_indexes(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _encodings(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
-    """Return encodings: zlib + shuffle on numbers, zlib on strings along ``point``; points chunked for sweeps.
+    """Return encodings: zlib level 1 on what is along ``point`` (with shuffle on numbers), points chunked for sweeps.
 
     Starts from each variable's own encoding, which only the coders set (the Datasets are written without theirs).
+    Level 1 compresses about twice as fast as level 4, for some 15% more bytes. ddxr's compact copy is read whole on
+    every open: tables of distinct values, and the codes of tables too large for int16 codes (near-unique values,
+    such as ``cumulative_tokens``, which compress little), are stored uncompressed, so opening reads them at disk
+    speed.
     """
     encodings: dict[Hashable, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        encodings[name] = dict(variable.encoding)
-        if variable.size == 0:
+        encodings[name] = encoding = dict(variable.encoding)
+        near_unique_codes = DECODES_ATTR in variable.attrs and variable.dtype.itemsize >= _NEAR_UNIQUE_CODES
+        long = variable.dims[:1] in ((POINT_DIM,), (RUN_DIM,))  # not a table of distinct values
+        if variable.size == 0 or variable.dtype.kind not in "biufMS" or near_unique_codes or not long:
             continue
-        if variable.dims == (POINT_DIM,) and variable.dtype.kind == "S":
-            # character arrays compress; netCDF's variable-length strings do not
-            encodings[name].update(zlib=True, complevel=_COMPRESSION["complevel"])
-        elif variable.dtype.kind in "biufM":
-            encodings[name].update(_COMPRESSION)
-            if variable.dims == (POINT_DIM,):
-                encodings[name]["chunksizes"] = (min(variable.size, _POINT_CHUNK),)
+        encoding.update(_COMPRESSION, shuffle=variable.dtype.kind != "S")
+        if variable.dims == (POINT_DIM,):
+            # strings are written as characters, one more dimension: whole strings in a chunk
+            width = (variable.dtype.itemsize,) if variable.dtype.kind == "S" else ()
+            encoding["chunksizes"] = (min(variable.size, _POINT_CHUNK), *width)
     return encodings
+
+
+def _dump_by_variable(ds: xr.Dataset, store: _WriteStore) -> None:
+    """Write ``ds`` to ``store`` variable by variable.
+
+    xarray encodes (reads) every variable of a Dataset before writing the first: one variable at a time, a lazily
+    indexed variable is read only while it is written, and freed before the next.
+    """
+    encodings = _encodings(ds)
+    xr.Dataset(attrs=ds.attrs).dump_to_store(store)
+    for name, variable in ds.variables.items():
+        xr.Dataset({name: variable}).dump_to_store(store, encoding={name: encodings[name]})
+
+
+class _WriteStore(xr.backends.NetCDF4DataStore):
+    """xarray's netCDF4 store, whose variables keep at most :data:`_WRITE_CHUNK_CACHE` bytes of chunks in memory.
+
+    netCDF-C gives every variable a chunk cache of 64 MB that lives until the file is closed: each variable of a few
+    MB would stay in memory, uncompressed, until the whole file is written (and filling fresh memory costs more CPU
+    than compressing). With a small cache each chunk is compressed and written out as soon as it is complete.
+    """
+
+    def prepare_variable(
+        self, name: Hashable, variable: xr.Variable, check_encoding: bool = False, unlimited_dims: Any = None
+    ) -> tuple[Any, Any]:
+        """Create the variable as xarray does, with a small chunk cache."""
+        target, source = super().prepare_variable(
+            name, variable, check_encoding=check_encoding, unlimited_dims=unlimited_dims
+        )
+        created = self.ds.variables[name]
+        if created.chunking() != "contiguous":
+            created.set_var_chunk_cache(size=_WRITE_CHUNK_CACHE)
+        return target, source
 
 
 def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
     """Encode the plain string copies along ``point`` as fixed-width UTF-8 bytes (netCDF character arrays).
 
-    The bytes are gathered from each table of distinct values: xarray would encode each of millions of strings in
-    Python.
+    The bytes are gathered from each table of distinct values when the copy is written, not before: xarray would
+    encode each of millions of strings in Python, and the copies of all the strings at once take hundreds of MB.
     """
-    encoded = ds.copy()
+    copies = {}
     for name, variable in ds.variables.items():
         codes = f"{name}{CODES_SUFFIX}"
         if variable.dims == (POINT_DIM,) and variable.dtype.kind in "OUT" and codes in ds.variables and variable.size:
-            table = [value.encode("utf-8") for value in ds[f"{name}{VALUES_SUFFIX}"].values.tolist()]
-            utf8 = np.array(table)[ds[codes].values]
-            encoded[name] = xr.Variable(variable.dims, utf8, attrs={**variable.attrs, "_Encoding": "utf-8"})
-    return encoded
+            table = np.array([value.encode("utf-8") for value in ds[f"{name}{VALUES_SUFFIX}"].values.tolist()])
+            utf8 = indexing.LazilyIndexedArray(_Gathered(table, ds[codes].values))
+            copies[name] = xr.Variable(variable.dims, utf8, attrs={**variable.attrs, "_Encoding": "utf-8"})
+    return _replaced(ds, copies, ds.attrs)
+
+
+class _Gathered(BackendArray):
+    """The values of a table at given codes, gathered when read."""
+
+    def __init__(self, table: np.ndarray, codes: np.ndarray) -> None:
+        self.table = table
+        self.codes = codes
+        self.shape = codes.shape
+        self.dtype = table.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        return self.table[self.codes[key]]
 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -581,16 +652,21 @@ def _decode_curves(raw: xr.Dataset, path: str | Path, drop: list[Hashable]) -> x
         *(f"{name}{suffix}" for name in drop if name in coded for suffix in (CODES_SUFFIX, VALUES_SUFFIX)),
     ]
     raw = raw.drop_vars([name for name in (*dropped, *drop) if name in raw.variables])
-    decoded = _decode_point_variables(
-        raw, {name: codes for name, codes in coded.items() if name not in drop}, coordinates, path
-    )
-    return set_ddxr_index(_decode_point_index(decoded, raw, {name: coded[name] for name in LEVELS}))
+    kept = {name: codes for name, codes in coded.items() if name not in drop}
+    lazy = _decode_point_variables(raw, kept, path)
+    bookkeeping = {*kept.values(), *(raw[codes].attrs[VALUES_ATTR] for codes in kept.values())}
+    rest = {name: variable for name, variable in raw.variables.items() if name not in bookkeeping | lazy.keys()}
+    attrs = decode_attrs({key: value for key, value in raw.attrs.items() if key not in _FILE_ATTRS}, "Dataset")
+    coords = {name: variable for name, variable in lazy.items() if name in coordinates}
+    # one construction; the order is the column order of to_dataframe: coordinates, data, then the index levels
+    decoded = xr.Dataset({**rest, **coords, **lazy}, attrs=attrs).set_coords(list(coords))
+    return _with_point_index(decoded, raw, {name: coded[name] for name in LEVELS})
 
 
-def _decode_point_variables(
-    raw: xr.Dataset, coded: Mapping[str, str], coordinates: set[str], path: str | Path
-) -> xr.Dataset:
+def _decode_point_variables(raw: xr.Dataset, coded: Mapping[str, str], path: str | Path) -> dict[Hashable, xr.Variable]:
     """Decode point variables as lazy arrays reading only the chunks a selection touches; codes → values."""
+    point = [variable for variable in raw.variables.values() if variable.dims == (POINT_DIM,)]
+    dask = bool(point) and point[0].chunks is not None  # opened with chunks=: every variable is dask-backed
     lazy: dict[Hashable, xr.Variable] = {}
     for name, codes_name in coded.items():
         if name in LEVELS:
@@ -598,23 +674,19 @@ def _decode_point_variables(
         codes = raw[codes_name].variable
         table = checked_table(name, codes, raw[codes.attrs[VALUES_ATTR]].variable)
         attrs = decode_attrs(codes_attrs(codes), f"variable {name!r}")
-        lazy[name] = xr.Variable(POINT_DIM, _lazy(name, codes, table, path), attrs=attrs, encoding=codes.encoding)
+        data = _lazy(name, codes, table, path, dask)
+        lazy[name] = xr.Variable(POINT_DIM, data, attrs=attrs, encoding=codes.encoding)
     bookkeeping = {*coded.values(), *(raw[codes].attrs[VALUES_ATTR] for codes in coded.values())}
     for name, variable in raw.variables.items():  # one wrap per variable, never per point
         if variable.dims == (POINT_DIM,) and name not in bookkeeping:
             attrs = decode_attrs(variable.attrs, f"variable {name!r}")
-            lazy[name] = xr.Variable(
-                POINT_DIM, _lazy(name, variable, None, path), attrs=attrs, encoding=variable.encoding
-            )
-    rest = raw.drop_vars([name for name in raw.variables if name in bookkeeping or name in lazy])
-    coords = {name: variable for name, variable in lazy.items() if name in coordinates}
-    decoded = rest.assign_coords(coords).assign({name: lazy[name] for name in lazy if name not in coords})
-    decoded.attrs = decode_attrs({key: value for key, value in raw.attrs.items() if key not in _FILE_ATTRS}, "Dataset")
-    return decoded
+            data = _lazy(name, variable, None, path, dask)
+            lazy[name] = xr.Variable(POINT_DIM, data, attrs=attrs, encoding=variable.encoding)
+    return lazy
 
 
-def _lazy(name: Hashable, variable: xr.Variable, strings: np.ndarray | None, path: str | Path) -> Any:
-    if variable.chunks is not None:  # dask reads whole chunks already; only strings need decoding
+def _lazy(name: Hashable, variable: xr.Variable, strings: np.ndarray | None, path: str | Path, dask: bool) -> Any:
+    if dask:  # dask reads whole chunks already; only strings need decoding
         if strings is None:
             return variable.data
         return variable.data.map_blocks(functools.partial(_take, strings=strings, name=name), dtype=object)
@@ -673,8 +745,12 @@ class _PointArray(BackendArray):
         return np.concatenate(pieces)[positions + offsets[run]]
 
 
-def _decode_point_index(decoded: xr.Dataset, raw: xr.Dataset, coded: Mapping[str, str]) -> xr.Dataset:
-    """Decode the level codes and tables as a MultiIndex over ``point`` (no re-factorizing)."""
+def _with_point_index(decoded: xr.Dataset, raw: xr.Dataset, coded: Mapping[str, str]) -> xr.Dataset:
+    """Add ddxr's index over ``point``, built from the level codes and tables (no re-factorizing).
+
+    The tables hold exactly the values some point carries (the writer drops the others) and every code is checked to
+    point into its table, so the index is built as is.
+    """
     levels, codes, attrs = [], [], {}
     for name in LEVELS:
         level_codes = raw[coded[name]].variable
@@ -686,7 +762,7 @@ def _decode_point_index(decoded: xr.Dataset, raw: xr.Dataset, coded: Mapping[str
         codes.append(checked_codes(name, np.asarray(level_codes.values), len(table)))
         attrs[name] = decode_attrs(codes_attrs(level_codes), f"variable {name!r}")
     index = pd.MultiIndex(levels=levels, codes=codes, names=list(LEVELS), verify_integrity=False)
-    decoded = decoded.assign_coords(xr.Coordinates.from_pandas_multiindex(index, POINT_DIM))
+    decoded = decoded.assign_coords(index_coordinates(DdxrIndex(index, POINT_DIM)))
     for name in LEVELS:
         decoded[name].attrs = attrs[name]
     return decoded

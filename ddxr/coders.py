@@ -7,8 +7,8 @@ still reads sensibly (see :mod:`ddxr.cache` for the file layout).
 
 - :class:`JsonAttrsCoder`: attributes netCDF cannot hold (dicts, lists, bools, None) ↔ JSON text;
 - :class:`NullableBooleanCoder`: booleans with missing values (True/False/None) ↔ int8 with a ``_FillValue`` of -1;
-- :class:`CategoricalCoder`: strings (and index levels) along a long dimension ↔ int32 codes plus a small table of
-  distinct values, next to a plain copy that readers without ddxr use.
+- :class:`CategoricalCoder`: strings (and index levels) along a long dimension ↔ integer codes (as narrow as the table
+  allows) plus a small table of distinct values, next to a plain copy that readers without ddxr use.
 """
 
 from __future__ import annotations
@@ -142,12 +142,16 @@ def jsonable(value: Any, where: Hashable) -> Any:
 
 
 def is_nullable_boolean(variable: xr.Variable) -> bool:
-    """Tell whether ``variable`` holds booleans with missing values (an object array of True, False, None)."""
-    if variable.dtype != object:
+    """Tell whether ``variable`` holds booleans with missing values (an object array of True, False, None).
+
+    Decided from the dtype, then from the first value, before any scan: strings (millions of them along ``point``,
+    or index levels that would have to be materialized from their index) are never read in full.
+    """
+    if variable.dtype != object or variable.size == 0:
+        return False
+    if isinstance(np.asarray(variable[(slice(0, 1),) * variable.ndim].values).flat[0], str):
         return False
     values = np.asarray(variable.values, dtype=object).reshape(-1)
-    if values.size and isinstance(values[0], str):  # strings (millions of them along point): no scan
-        return False
     present = values[~pd.isna(values)]
     return (
         len(present) > 0
@@ -201,10 +205,11 @@ class NullableBooleanCoder(VariableCoder):
 
 
 class CategoricalCoder:
-    """Strings (or index levels) along a long dimension ↔ a plain copy, int32 codes and a table of distinct values.
+    """Strings (or index levels) along a long dimension ↔ a plain copy, integer codes and a table of distinct values.
 
     ``encode(name, variable)`` gives three variables: ``name`` itself (the plain copy, for readers without ddxr),
-    ``name__codes`` (int32 along the same dimension, ``ddxr_values`` naming the table) and ``name__values`` (the
+    ``name__codes`` (integers along the same dimension, of :func:`code_dtype`, ``ddxr_values`` naming the table) and
+    ``name__values`` (the
     distinct values, on their own dimension ``name__value``, which no stock ``.sel`` can reach by a level's name).
     ``decode(name, codes, values)`` is the inverse, ``decode(*encode(...))`` the identity. Codes that point outside
     the table are refused, never read as another value.
@@ -226,7 +231,7 @@ class CategoricalCoder:
         (dim,) = variable.dims
         if factorized is None:
             values = np.asarray(variable.values)
-            codes, uniques = pd.factorize(values.astype(object) if values.dtype.kind in "OUT" else values)
+            codes, uniques = factorize(values.astype(object) if values.dtype.kind in "OUT" else values)
         else:
             codes, uniques = factorized
         uniques = np.asarray(uniques, dtype=object if variable.dtype.kind in "OUT" else variable.dtype)
@@ -234,7 +239,9 @@ class CategoricalCoder:
         codes_attrs = {**variable.attrs, VALUES_ATTR: table, DECODES_ATTR: name}
         return {
             name: variable,
-            f"{name}{CODES_SUFFIX}": xr.Variable(dim, np.asarray(codes, dtype=np.int32), attrs=codes_attrs),
+            f"{name}{CODES_SUFFIX}": xr.Variable(
+                dim, np.asarray(codes, dtype=code_dtype(len(uniques))), attrs=codes_attrs
+            ),
             table: xr.Variable(f"{name}{VALUE_DIM_SUFFIX}", uniques),
         }
 
@@ -244,6 +251,60 @@ class CategoricalCoder:
         return xr.Variable(
             codes.dims, table.take(checked_codes(name, np.asarray(codes.values), len(table))), attrs=codes_attrs(codes)
         )
+
+
+def code_dtype(size: int) -> np.dtype:
+    """Return the narrowest signed integer type of the codes of a table of ``size`` values.
+
+    The thresholds are pandas' own (``MultiIndex`` and ``Categorical`` codes), so codes read from a file become an
+    index without a conversion; narrow codes also make a file's index quicker to read.
+
+    Examples
+    --------
+    >>> [str(code_dtype(size)) for size in (14, 3_099, 1_633_858)]
+    ['int8', 'int16', 'int32']
+    """
+    for dtype in (np.int8, np.int16, np.int32):
+        if size < np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``pandas.factorize(values)`` of a 1-D array, hashing only the first value of each run of equal values.
+
+    Along ``point`` a string such as ``run_id`` repeats over whole runs of points: comparing neighbours is several
+    times cheaper than hashing millions of strings. Codes and uniques are exactly pandas' (order of first appearance,
+    missing values coded -1).
+
+    Examples
+    --------
+    >>> codes, uniques = factorize(np.array(["b", "b", "a", "b"], dtype=object))
+    >>> codes.tolist(), uniques.tolist()
+    ([0, 0, 1, 0], ['b', 'a'])
+    """
+    starts, lengths = equal_runs(values)
+    codes, uniques = pd.factorize(values[starts])
+    return np.repeat(codes, lengths), uniques
+
+
+def equal_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the start positions and lengths of the runs of equal neighbours of a 1-D array.
+
+    Values that cannot tell whether they equal their neighbour (``pandas.NA``) make every value a run of its own.
+
+    Examples
+    --------
+    >>> starts, lengths = equal_runs(np.array(["a", "a", "b", "a"], dtype=object))
+    >>> starts.tolist(), lengths.tolist()
+    ([0, 2, 3], [2, 1, 1])
+    """
+    try:
+        differs = values[1:] != values[:-1]
+    except TypeError:
+        differs = np.ones(max(values.size - 1, 0), dtype=bool)
+    starts = np.flatnonzero(np.r_[values.size > 0, differs])
+    return starts, np.diff(np.r_[starts, values.size])
 
 
 def codes_attrs(codes: xr.Variable) -> dict[Hashable, Any]:

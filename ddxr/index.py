@@ -222,8 +222,26 @@ def set_ddxr_index(ds: xr.Dataset) -> xr.Dataset:
             ds = ds.drop_indexes(POINT_DIM)
     new = DdxrIndex(_without_unused_levels(index), POINT_DIM, level_coords_dtype=dtypes)
     keep = {name: ds[name].variable for name in (POINT_DIM, *LEVELS) if name in ds.variables}  # attrs, encoding
-    coords = xr.Coordinates(new.create_variables(keep), indexes=dict.fromkeys((POINT_DIM, *LEVELS), new))
+    coords = index_coordinates(new, keep)
     return ds.drop_vars([name for name in (POINT_DIM, *LEVELS) if name in ds.variables]).assign_coords(coords)
+
+
+def index_coordinates(index: DdxrIndex, variables: Mapping[Hashable, xr.Variable] | None = None) -> xr.Coordinates:
+    """Return the ``point`` and level coordinates of ``index``, as is (its levels must be :data:`LEVELS`, in order).
+
+    Parameters
+    ----------
+    index : DdxrIndex
+        The index.
+    variables : mapping, optional
+        Variables whose attrs and encoding the coordinates of the same name take.
+
+    Returns
+    -------
+    xarray.Coordinates
+        The coordinates, to assign to a Dataset with ``point`` as its dimension.
+    """
+    return xr.Coordinates(index.create_variables(variables), indexes=dict.fromkeys((POINT_DIM, *LEVELS), index))
 
 
 def select(ds: xr.Dataset, **labels: Any) -> xr.Dataset:

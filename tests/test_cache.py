@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import netCDF4
@@ -17,12 +18,14 @@ import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from roundtrip import assert_roundtrip, curves_datasets, example_datasets, roundtrip
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 import ddxr
 import ddxr.cache
 from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint, open_dataset, open_runs, write_dataset
 from ddxr.errors import BuildError, CacheError
-from ddxr.index import LEVELS, POINT_DIM, DdxrIndex
+from ddxr.index import LEVELS, POINT_DIM, DdxrIndex, point_coordinates
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -121,19 +124,42 @@ def test_encodings_in_the_file(written: Path) -> None:
     with netCDF4.Dataset(written) as nc:
         metric = nc["train_loss"]
         assert metric.dtype == np.float32
-        assert metric.filters()["zlib"] and metric.filters()["shuffle"] and metric.filters()["complevel"] == 4
+        assert metric.filters()["zlib"] and metric.filters()["shuffle"] and metric.filters()["complevel"] == 1
+        assert metric.chunking() == [min(metric.size, 1 << 14)]
         assert nc["cumulative_compute"].dtype == np.float64 and nc["cumulative_compute"].filters()["zlib"]
         assert nc["learning_rate"].dtype == np.float64 and nc["cumulative_tokens"].dtype == np.float64
         assert nc["step"].dtype == np.int64
-        # strings along point: a compressed character array for plain readers, int32 codes for ddxr
+        # strings along point: a compressed character array for plain readers (whole strings in a chunk) ...
         assert nc["run_id"].dtype == "S1" and nc["run_id"].filters()["zlib"]
-        assert nc["run_id__codes"].dtype == np.int32 and nc["run_id__codes"].chunking() != "contiguous"
+        assert nc["run_id"].chunking() == list(nc["run_id"].shape)
+        # ... and codes as narrow as their table allows for ddxr, compressed; tables uncompressed
+        assert nc["run_id__codes"].dtype == np.int8 and nc["run_id__codes"].filters()["zlib"]
         assert nc["run_id__values"].dimensions == ("run_id__value",)
+        assert not nc["cumulative_tokens__values"].filters()["zlib"]
         assert {f"{level}__codes" for level in LEVELS} <= set(nc.variables)
         assert "point" not in nc.variables  # no index in the file: plain .sel never hits a category table
         assert nc["pretraining_phase"].getncattr("dtype") == "bool"  # xarray's own boolean encoding
         assert nc.getncattr("Conventions").startswith("CF-")
         assert set(nc.groups) == {"runs"}
+
+
+def test_codes_of_near_unique_values_are_stored_uncompressed(tmp_path: Path) -> None:
+    # every open reads the index codes whole: codes of a table too large for int16 (near-unique values such as
+    # cumulative_tokens) barely compress, so they are stored as they are
+    many = 40_000
+    frame = pd.DataFrame(
+        {"lineage": "a", "params": "4M", "data": "C4", "learning_rate": 0.0, "cumulative_tokens": np.arange(many) * 1.0}
+    )
+    coords = point_coordinates(frame).assign(
+        run_id=(POINT_DIM, np.full(many, "a", object)), step=(POINT_DIM, frame.index)
+    )
+    long = xr.Dataset({"train_loss": (POINT_DIM, np.zeros(many, np.float32))}, coords=coords)
+
+    with netCDF4.Dataset(write_dataset(long, xr.Dataset(), tmp_path / "long.nc")) as nc:
+        codes = nc["cumulative_tokens__codes"]
+        assert codes.dtype == np.int32 and codes.chunking() == "contiguous" and not codes.filters()["zlib"]
+        assert nc["lineage__codes"].dtype == np.int8 and nc["lineage__codes"].filters()["zlib"]
+    assert_roundtrip(long)
 
 
 def test_unused_level_values_are_not_written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
@@ -158,6 +184,52 @@ def test_file_is_one_netcdf4_file_without_pickles(written: Path) -> None:
     head = written.read_bytes()[:8]
     assert head == b"\x89HDF\r\n\x1a\n"  # netCDF4 = HDF5 container
     assert [path.name for path in written.parent.iterdir()] == ["cache.nc"]  # no temporary file left behind
+
+
+class ComputedMetric(BackendArray):
+    """A float32 metric computed on access: records each read and which values returned before are still alive."""
+
+    def __init__(self, values: np.ndarray, returned: list[weakref.ref], alive_at_read: list[int]) -> None:
+        self.values, self.returned, self.alive_at_read = values, returned, alive_at_read
+        self.shape, self.dtype = values.shape, values.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._compute)
+
+    def _compute(self, key: tuple) -> np.ndarray:
+        self.alive_at_read.append(sum(ref() is not None for ref in self.returned))
+        values = self.values[key].copy()  # fresh memory, as a computation returns
+        self.returned.append(weakref.ref(values))
+        return values
+
+
+def test_lazy_metrics_are_read_one_at_a_time_as_they_are_written(
+    example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
+) -> None:
+    # the assembled curves may hold their metrics as lazily indexed arrays, so that writing streams them: the write
+    # decides everything from dtypes and attrs, and holds one metric's values at a time
+    curves, runs = example
+    returned: list[weakref.ref] = []
+    alive_at_read: list[int] = []
+    metrics = {
+        name: xr.Variable(
+            POINT_DIM,
+            indexing.LazilyIndexedArray(ComputedMetric(curves[name].values, returned, alive_at_read)),
+            attrs=curves[name].attrs,
+        )
+        for name in curves.data_vars
+    }
+    lazy = curves.assign(metrics)
+
+    ddxr.cache.encode(lazy, runs)
+    assert returned == []  # checking and encoding read no metric
+
+    path = write_dataset(lazy, runs, tmp_path / "cache.nc")
+
+    assert len(returned) == len(metrics)  # each metric read once, while it was written ...
+    assert alive_at_read == [0] * len(metrics)  # ... after the values of the one before were released
+    with open_dataset(path) as back:
+        xr.testing.assert_identical(back.load().drop_attrs(deep=False), curves.drop_attrs(deep=False))
 
 
 # --- refusals before writing ----------------------------------------------------------------------------------------

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from roundtrip import attrs_dicts
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from ddxr.coders import (
     CODES_SUFFIX,
@@ -16,6 +19,10 @@ from ddxr.coders import (
     CategoricalCoder,
     JsonAttrsCoder,
     NullableBooleanCoder,
+    code_dtype,
+    equal_runs,
+    factorize,
+    is_nullable_boolean,
 )
 from ddxr.errors import CacheError
 
@@ -80,7 +87,7 @@ def test_categories_round_trip(values: np.ndarray, attrs: dict) -> None:
     coder = CategoricalCoder()
     encoded = coder.encode("level", variable)
     codes, table = encoded[f"level{CODES_SUFFIX}"], encoded[f"level{VALUES_SUFFIX}"]
-    assert codes.dtype == np.int32 and table.dims == ("level__value",)
+    assert codes.dtype == code_dtype(len(table)) and table.dims == ("level__value",)
     assert len(table) == len(set(values.tolist()))
     xr.testing.assert_identical(encoded["level"], variable)  # the plain copy is the variable itself
     xr.testing.assert_identical(coder.decode("level", codes, table), variable)
@@ -94,3 +101,53 @@ def test_categories_refuse_codes_outside_their_table() -> None:
         coder.decode("params", damaged, encoded["params__values"])
     with pytest.raises(CacheError, match="expected 1-D integer codes"):
         coder.decode("params", encoded["params__values"], encoded["params__values"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.one_of(
+        st.lists(st.one_of(st.sampled_from(["a", "b", ""]), st.none()), max_size=30),
+        st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.5]), st.just(float("nan"))), max_size=30),
+    )
+)
+def test_factorize_by_runs_is_pandas_factorize(values: list) -> None:
+    array = np.array(values, dtype=object if values and isinstance(values[0], str | None) else None)
+    codes, uniques = factorize(array)
+    expected_codes, expected_uniques = pd.factorize(array)
+    np.testing.assert_array_equal(codes, expected_codes)
+    assert pd.Index(uniques).equals(pd.Index(expected_uniques))
+
+
+def test_runs_of_values_that_cannot_compare_are_single_values() -> None:
+    starts, lengths = equal_runs(np.array([pd.NA, pd.NA, "a", "a"], dtype=object))
+    assert starts.tolist() == [0, 1, 2, 3] and lengths.tolist() == [1, 1, 1, 1]
+    codes, _ = factorize(np.array([pd.NA, "a", "a"], dtype=object))
+    assert codes.tolist() == [-1, 0, 0]
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(0, np.int8), (126, np.int8), (127, np.int16), (32_767, np.int32)])
+def test_codes_are_as_narrow_as_pandas_makes_them(size: int, dtype: type) -> None:
+    assert code_dtype(size) == dtype
+    codes = np.zeros(3, dtype=code_dtype(size))
+    levels = [pd.Index(np.arange(max(size, 1), dtype=np.float64))]
+    assert pd.MultiIndex(levels=levels, codes=[codes]).codes[0].dtype == dtype  # taken as is, not converted
+
+
+def test_strings_are_told_from_nullable_booleans_by_their_first_value() -> None:
+    class Strings(BackendArray):
+        def __init__(self) -> None:
+            self.shape, self.dtype, self.read = (1000,), np.dtype(object), 0
+
+        def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+            return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+        def _read(self, key: tuple) -> np.ndarray:
+            values = np.full(self.shape, "run", dtype=object)[key]
+            self.read += values.size
+            return values
+
+    strings = Strings()
+    assert not is_nullable_boolean(xr.Variable("point", indexing.LazilyIndexedArray(strings)))
+    assert strings.read == 1  # millions of strings along point are not scanned
+    assert not is_nullable_boolean(xr.Variable("run", np.array(["a", None, True], dtype=object)))
+    assert is_nullable_boolean(xr.Variable("run", np.array([None, True, False], dtype=object)))
