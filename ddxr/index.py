@@ -24,6 +24,7 @@ from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, check_complete, check_l
 RELATIVE_TOLERANCE = 1e-9
 
 _SHOWN_VALUES = 5  # available values quoted in an error message
+_FEW_VALUES = 16  # level values a selection finds by comparing codes, one pass each; more: one gather through a table
 
 
 class DdxrIndex(PandasMultiIndex):
@@ -107,7 +108,7 @@ class DdxrIndex(PandasMultiIndex):
         """Boolean mask with one entry per point: True where the point matches every label.
 
         ``labels`` maps level names to a scalar, list or slice (see the class docstring). Matching runs on the (few)
-        level values, then one gather through the level codes per level.
+        level values, then one pass over the level codes per level.
         """
         unknown = [name for name in labels if name not in self.index.names]
         if unknown:
@@ -115,16 +116,54 @@ class DdxrIndex(PandasMultiIndex):
         _check_method(method, tolerance)
         mask = np.ones(len(self.index), dtype=bool)
         for name, label in labels.items():  # one pass per selected level, never per point
-            position = self.index.names.index(name)
-            codes = self.index.codes[position]
-            values = np.asarray(self.index.levels[position])
-            present = np.bincount(codes, minlength=len(values)).astype(bool)  # concat/align may leave unused values
-            matched = np.zeros(len(values), dtype=bool)
-            matched[present] = match_values(
-                values[present], label, name=name, tolerant=name in FLOAT_LEVELS, method=method, tolerance=tolerance
-            )
-            mask &= matched[codes]
+            mask &= self._level_mask(self.index.names.index(name), label, method, tolerance)
         return mask
+
+    def _level_mask(self, position: int, label: Any, method: str | None, tolerance: Any) -> np.ndarray:
+        """Boolean mask of the points whose value of one level matches ``label``.
+
+        A scalar or list element must match a value some point carries (concat and align may leave values no point
+        carries): the exact way counts the points of every value first. Exact matching tries the quick way first.
+        """
+        name = self.index.names[position]
+        codes = self.index.codes[position]
+        values = np.asarray(self.index.levels[position])
+        tolerant = name in FLOAT_LEVELS
+        if method is None:
+            points = _matched_points(codes, values, label, name, tolerant)
+            if points is not None:
+                return points
+        present = np.bincount(codes, minlength=len(values)).astype(bool)
+        matched = np.zeros(len(values), dtype=bool)
+        matched[present] = match_values(
+            values[present], label, name=name, tolerant=tolerant, method=method, tolerance=tolerance
+        )
+        return matched[codes]
+
+
+def _matched_points(
+    codes: np.ndarray, values: np.ndarray, label: Any, name: Hashable, tolerant: bool
+) -> np.ndarray | None:
+    """Return the points whose level value matches ``label``, matching every value of the level, or None if unsure.
+
+    When the label matches few values, one comparison of the codes per value (vectorized, a fraction of a
+    millisecond on millions of points) finds the points and shows each value is carried by some point. None means
+    a label element may match only values no point carries, or the match raised: the caller decides exactly.
+    """
+    try:
+        matched = match_values(values, label, name=name, tolerant=tolerant)
+    except SelectionError:
+        return None
+    wanted = np.flatnonzero(matched)
+    if len(wanted) > _FEW_VALUES:  # a slice selects nothing through values no point carries; a long list: unsure
+        return matched[codes] if isinstance(label, slice) else None
+    points = np.zeros(len(codes), dtype=bool)
+    for code in wanted:  # few values, one vectorized pass each
+        hits = codes == code
+        if not (isinstance(label, slice) or hits.any()):
+            return None
+        points |= hits
+    return points
 
 
 def point_coordinates(frame: pd.DataFrame) -> xr.Coordinates:
@@ -436,6 +475,25 @@ def _check_method(method: str | None, tolerance: Any) -> None:
 
 
 def _without_unused_levels(index: pd.MultiIndex) -> pd.MultiIndex:
-    """``index.remove_unused_levels()``, skipped after a cheap count when every level value is used."""
-    counts = (np.bincount(codes, minlength=len(level)) for codes, level in zip(index.codes, index.levels, strict=True))
-    return index if all(count.all() for count in counts) else index.remove_unused_levels()
+    """``index.remove_unused_levels()``, level by level only where some value is unused.
+
+    pandas' version allocates arrays as long as each level: a selection of a few thousand points of an index whose
+    ``cumulative_tokens`` level holds millions of values would pay for all of them.
+    """
+    levels, codes = list(index.levels), list(index.codes)
+    for position, (level, level_codes) in enumerate(zip(index.levels, index.codes, strict=True)):
+        used = _used_codes(level_codes, len(level))
+        if len(used) < len(level):
+            levels[position] = level.take(used)
+            codes[position] = np.where(level_codes < 0, level_codes, np.searchsorted(used, level_codes))
+    if all(new is old for new, old in zip(levels, index.levels, strict=True)):
+        return index
+    return pd.MultiIndex(levels=levels, codes=codes, names=index.names, verify_integrity=False)
+
+
+def _used_codes(codes: np.ndarray, size: int) -> np.ndarray:
+    """Return the distinct non-negative codes, sorted: counted when the codes outnumber the values, else sorted."""
+    present = codes[codes >= 0] if codes.size and codes.min() < 0 else codes
+    if len(present) >= size:
+        return np.flatnonzero(np.bincount(present, minlength=size))
+    return np.unique(present)
