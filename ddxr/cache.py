@@ -9,9 +9,10 @@ the file with plain xarray, without ddxr, gets right answers or an error, never 
   so a label range could silently miss points. Plain ``ds.sel(params="150M")`` raises (no such coordinate), and
   ``ds.isel(point=ds.params == "150M")`` selects exactly the right points. ``ddxr_coordinates`` names the variables
   ddxr restores as coordinates; the runs table's ``run_id`` is stored the same way (``ddxr_indexes``).
-- Next to each string coordinate and each index level ``X`` sit ddxr's compact copy: ``X__codes`` (int32 along
-  ``point``) and ``X__values`` (its distinct values, on dimension ``X__value``). ddxr builds its index from these
-  without reading or factorizing millions of strings; their dimension names match no coordinate a user would select.
+- Next to each string coordinate and each index level ``X`` sit ddxr's compact copy: ``X__codes`` (integers along
+  ``point``, as narrow as the table allows) and ``X__values`` (its distinct values, on dimension ``X__value``). ddxr
+  builds its index from these without reading or factorizing millions of strings; their dimension names match no
+  coordinate a user would select.
 - Booleans use xarray's own encoding (int8 with ``dtype = "bool"``) in both groups, so plain xarray reads them as
   booleans; booleans with missing values (runs table) are int8 with ``_FillValue`` -1 and CF ``flag_meanings``.
 - Attributes netCDF cannot hold (dicts, lists, bools, None) are JSON text listed in ``ddxr_json_attrs``.
@@ -719,7 +720,7 @@ class _PointArray(BackendArray):
         self.name = name
         # the variable's lazily indexed array, as xarray opened it (decoding included): indexing it directly skips
         # building a Variable per read, a third of an export's time when it reads ~170 variables
-        self.array = variable._data
+        self.array = indexing.as_indexable(variable._data)
         self.strings = strings
         self.path = path
         self.shape = variable.shape
@@ -741,7 +742,7 @@ class _PointArray(BackendArray):
         return values if self.strings is None else _take(values, self.strings, self.name)
 
     def _basic(self, key: slice | int) -> np.ndarray:
-        return np.asarray(self.array[indexing.BasicIndexer((key,))].get_duck_array())
+        return np.asarray(self.array[indexing.BasicIndexer((key,))])
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         touched = np.flatnonzero(np.bincount(positions // self.chunk))  # a file has few chunks: count, not sort
