@@ -570,7 +570,12 @@ def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
         # collector, crash netCDF-C/HDF5 (see ddxr.handles); variables are read from disk when used
         store = xr.backends.NetCDF4DataStore(open_shared(path), group=group)
         # the curves have no dimension coordinate to index; the runs table's are restored by _decode_indexes
-        return xr.open_dataset(store, chunks=chunks, create_default_indexes=group is not None)
+        return xr.open_dataset(
+            store,
+            engine=xr.backends.StoreBackendEntrypoint,
+            chunks=chunks,
+            create_default_indexes=group is not None,
+        )
     except _READ_ERRORS as error:
         raise _unreadable(path, error, group) from error
 
