@@ -19,7 +19,7 @@ from ddxr.cache import RUNS_GROUP, decode_curves, decode_runs, encode
 from ddxr.errors import CacheError
 from ddxr.schema import POINT_DIM
 
-_POINT_CHUNK = 1 << 14  # points per zarr chunk, as in the netCDF file
+_POINT_CHUNK = 1 << 14  # points per zarr chunk: a sweep reads only the few chunks it touches
 # zarr raises these, fsspec raises OSError subclasses (FileNotFoundError, PermissionError)
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError)
 
