@@ -19,6 +19,7 @@ from ddxr.managers.evaluations import (
     ISSUE_COLUMNS,
     METRIC_SETS,
     EvaluationManager,
+    _decode_dicts,
     _plain_numbers,
 )
 from ddxr.vocabulary import (
@@ -683,3 +684,65 @@ def test_number_texts_read_as_pandas_reads_them(dtype) -> None:
     values = pd.Series(texts, dtype=dtype)
     expected = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     np.testing.assert_array_equal(_plain_numbers(values), expected)
+
+
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70), st.none(), st.just(0.1)
+)
+_METRIC_DICTS = st.dictionaries(st.sampled_from(["primary_score", "acc_raw", "acc_per_char", "sum-logits"]), _NUMBERS)
+_CONFIGS = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({}, optional={"primary_metric": st.sampled_from(["acc_raw", "acc_per_char", None, 5])}),
+    st.just("a text"),
+)
+_TASK_DICTS = st.tuples(
+    _METRIC_DICTS,
+    st.one_of(st.none(), st.dictionaries(st.sampled_from(["no_answer", "acc_raw"]), _NUMBERS)),
+    _CONFIGS,
+    st.sampled_from([None, 1.5, "text", True, [1.0]]),  # a value in a key of its own, sometimes not a number
+)
+
+
+def _dict_entries(draws: list) -> pd.DataFrame:
+    rows = []
+    for position, (metrics, extra, config, odd) in enumerate(draws):
+        task = ["arc_easy", "piqa", "ifeval", "core_9mcqa:rc::olmes:full"][position % 4]
+        value = dict(metrics)
+        if extra is not None:
+            value["extra_metrics"] = extra
+        if config is not None:
+            value["task_config"] = config
+        if odd is not None:
+            value["odd"] = odd
+        rows.append((f"run{position // 4}", f"oe_eval_metrics/{task}", json.dumps(value)))
+        rows.append((f"run{position // 4}", f"oe_eval_metrics/{task}/acc_raw", "0.25"))
+    return pd.DataFrame(rows, columns=["run_id", "key", "value"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_TASK_DICTS, min_size=1, max_size=9))
+def test_dicts_read_together_by_arrow_equal_dicts_decoded_one_by_one(draws: list) -> None:
+    entries = _dict_entries(draws)
+    together, one_by_one = EvaluationManager("all"), EvaluationManager("all")
+    fast = together.posttraining_evaluations(entries.astype({"value": "str"}))
+    slow = one_by_one.posttraining_evaluations(entries.astype({"value": object}))  # never goes to Arrow
+    pd.testing.assert_frame_equal(fast[0], slow[0])
+    pd.testing.assert_frame_equal(fast[1], slow[1])
+    assert together._found == one_by_one._found
+
+
+def _coded_values(texts: list[str]) -> pd.DataFrame:
+    values = pd.Series(texts, dtype="str")
+    return pd.DataFrame({"number": _plain_numbers(values), "value": values})
+
+
+def test_plain_dicts_are_read_by_arrow_and_others_one_by_one() -> None:
+    plain = {"primary_score": 0.5, "extra_metrics": {"no_answer": 0}, "task_config": {"primary_metric": "acc_raw"}}
+    rows = _coded_values([json.dumps(plain), "0.5", '"text"'])
+    kinds, _, parsed = _decode_dicts(rows)
+    assert kinds.tolist() == [dict, float, str] and parsed is not None
+    assert list(parsed[0].columns) == ["primary_score", "no_answer"] and parsed[1].tolist() == ["acc_raw"]
+    for odd in ({**plain, "primary_score": "0.5"}, {**plain, "extra_metrics": {"no_answer": "no"}}):
+        assert (
+            _decode_dicts(_coded_values([json.dumps(plain), json.dumps(odd)]))[2] is None
+        )  # one text that is not plain: every dict is decoded one by one

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from ddxr.errors import BuildError, InvalidArgumentError, SourceError
 from ddxr.sources._collector import collector_paused
@@ -726,8 +727,7 @@ def _explode_dicts(rows: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.Data
     issues : pandas.DataFrame
         Skipped tasks (unparseable, not a dict, no numeric primary_score) and skipped values.
     """
-    decoded = _decoded(rows)
-    kinds = decoded.map(type)
+    kinds, decoded, parsed = _decode_dicts(rows)
     is_dict = kinds.isin([dict])
     not_dicts = rows.loc[~is_dict]
     found = np.where(
@@ -744,8 +744,8 @@ def _explode_dicts(rows: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.Data
     issues = [vocabulary.issues(not_dicts, reason, skipped=True)]
 
     dicts = rows.loc[is_dict]
-    table = _flatten(pd.DataFrame(decoded[is_dict].tolist(), index=dicts.index))
-    primary_raw = table.get(_PRIMARY_SCORE, pd.Series(np.nan, index=dicts.index, dtype=object))
+    metrics, primary_metric = parsed if parsed is not None else _json_dicts(decoded[is_dict])
+    primary_raw = metrics.get(_PRIMARY_SCORE, pd.Series(np.nan, index=dicts.index, dtype=object))
     primary, bad_primary = _numbers(primary_raw)
     lacking = dicts.loc[primary.isna()]
     reason = _text(
@@ -757,13 +757,11 @@ def _explode_dicts(rows: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.Data
     issues.append(vocabulary.issues(lacking, reason, skipped=True))
 
     usable = dicts.loc[primary.notna()]
-    config = table.get("task_config", pd.Series(np.nan, index=dicts.index, dtype=object))
-    primary_metric = config.where(config.map(type).isin([dict])).str.get("primary_metric")
     tasks = usable[["run", "task"]].assign(
         primary_metric=primary_metric[primary.notna()].astype(object), primary_score=primary[primary.notna()]
     )
     long = (
-        table.loc[primary.notna(), [name for name in table.columns if name not in _NOT_METRICS]]
+        metrics.loc[primary.notna()]
         .rename_axis("_entry")
         .reset_index()
         .melt(id_vars="_entry", var_name="metric", value_name="raw")
@@ -775,6 +773,92 @@ def _explode_dicts(rows: pd.DataFrame, vocabulary: _Vocabulary) -> tuple[pd.Data
 
 # task_config describes the evaluation and num_instances its size: neither is a measurement of the model
 _NOT_METRICS = ("task_config", "num_instances")
+
+
+def _json_dicts(decoded: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """Return the metrics of decoded dicts as columns (nested dicts lifted) and their task_config's primary_metric."""
+    table = _flatten(pd.DataFrame(decoded.tolist(), index=decoded.index))
+    config = table.get("task_config", pd.Series(np.nan, index=decoded.index, dtype=object))
+    is_dict = config.map(type).isin([dict])
+    primary_metric = pd.Series(np.nan, index=decoded.index, dtype=object)  # a config that is no dict names none
+    primary_metric[is_dict] = config[is_dict].map(operator.methodcaller("get", "primary_metric"))
+    return table.drop(columns=list(_NOT_METRICS), errors="ignore"), primary_metric
+
+
+def _decode_dicts(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series, tuple[pd.DataFrame, pd.Series] | None]:
+    """Return the type of every row's value, the values decoded one by one, and the dicts as Arrow parsed them.
+
+    Texts opening a JSON object go to Arrow together (:func:`_arrow_dicts`), the other values (numbers, strings,
+    broken text) are decoded one by one. When Arrow declines, or another value decodes to a dict after all, every
+    value is decoded one by one and the third item is None.
+    """
+    values = rows["value"]
+    objects = np.zeros(len(rows), dtype=bool)
+    if isinstance(values.dtype, pd.StringDtype):  # text as read from a store
+        objects = values.str.startswith("{").fillna(False).to_numpy(bool)
+    parsed = _arrow_dicts(values[objects]) if objects.any() else None
+    if parsed is not None:
+        decoded = _decoded(rows.loc[~objects])
+        kinds = pd.Series(dict, index=rows.index, dtype=object)
+        kinds[~objects] = decoded.map(type)
+        if not kinds[~objects].isin([dict]).any():
+            return kinds, decoded, parsed
+    decoded = _decoded(rows)
+    return decoded.map(type), decoded, None
+
+
+def _arrow_dicts(texts: pd.Series) -> tuple[pd.DataFrame, pd.Series] | None:
+    """Parse JSON object texts with Arrow's JSON reader when they are plain: what :func:`_json_dicts` gives, faster.
+
+    Plain means every text is one JSON object on one line that Arrow reads without complaint (no repeated key, no
+    key holding a number in one dict and text in another), whose metrics are numbers or dicts of numbers, and whose
+    ``task_config.primary_metric``, if any, is text. Anything else returns None: the caller decodes the texts one
+    by one, and reports what it finds.
+    """
+    if pc.any(pc.match_substring(pa.array(texts.array, type=pa.large_string()), "\n")).as_py():
+        return None
+    lines = "\n".join(texts.tolist()).encode()
+    try:
+        options = pa_json.ReadOptions(use_threads=False, block_size=len(lines) + 1)
+        table = pa_json.read_json(pa.BufferReader(lines), read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    columns: dict[str, pa.ChunkedArray] = {}
+    primary_metric = pd.Series(np.nan, index=texts.index, dtype=object)
+    for position, key in enumerate(table.schema):  # a loop over the dicts' keys, not over rows
+        column = table.column(position)
+        if key.name == "task_config":
+            named = _struct_children(column, key.type).get("primary_metric")
+            if named is None or not (pa.types.is_string(named.type) or pa.types.is_null(named.type)):
+                return None
+            primary_metric = pd.Series(named.to_pandas().to_numpy(object), index=texts.index).fillna(np.nan)
+        elif key.name in _NOT_METRICS:
+            continue
+        elif _is_number_type(key.type):
+            columns[key.name] = column
+        elif pa.types.is_struct(key.type) and all(_is_number_type(child.type) for child in key.type):
+            prefix = "" if key.name == "extra_metrics" else f"{key.name}_"
+            lifted = {prefix + name: child for name, child in _struct_children(column, key.type).items()}
+            if columns.keys() & lifted.keys():  # a lifted name repeating a key: the decoder keeps both
+                return None
+            columns |= lifted
+        else:
+            return None
+    if table.num_rows != len(texts):
+        return None
+    metrics = pd.DataFrame({name: column.to_pandas() for name, column in columns.items()})
+    return metrics.set_axis(texts.index), primary_metric
+
+
+def _struct_children(column: pa.ChunkedArray, kind: pa.DataType) -> dict[str, pa.ChunkedArray]:
+    """Children of a struct column by name (empty when the column is no struct)."""
+    if not pa.types.is_struct(kind):
+        return {}
+    return {kind.field(index).name: pc.struct_field(column, [index]) for index in range(kind.num_fields)}
+
+
+def _is_number_type(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
 
 
 def _flatten(table: pd.DataFrame) -> pd.DataFrame:
