@@ -17,7 +17,7 @@ from xarray.core import indexing
 
 from ddxr.index import level_codes, point_coordinates
 from ddxr.managers.evaluations import HISTORY_VARIABLES
-from ddxr.schema import COORDS, LEVELS, POINT_DIM, validate_points
+from ddxr.schema import COORDS, KEYS, LEVELS, POINT_DIM, validate_points
 
 _COORD_ATTRS = {
     "lineage": {
@@ -88,10 +88,12 @@ def assemble_curves(
     -------
     xarray.Dataset
     """
-    points = points.take(_point_order(points)).reset_index(drop=True)
-    validate_points(points)
-    pretraining = _Pointers(points["pretraining_row"].to_numpy(np.int64))
-    evaluations = _Pointers(_table_rows(posttraining_metrics.index, points["eval_run"]))
+    order = _point_order(points)
+    # only the key columns are sorted as a table; the others are sorted one by one as they become variables
+    keys = points[list(dict.fromkeys((*LEVELS, *KEYS)))].take(order).reset_index(drop=True)
+    validate_points(keys)
+    pretraining = _Pointers(points["pretraining_row"].to_numpy(np.int64)[order])
+    evaluations = _Pointers(_table_rows(posttraining_metrics.index, points["eval_run"])[order])
     data_vars = {}
     for name in variables:  # one lazy array per variable; nothing the size of the points is built here
         layers = []
@@ -99,11 +101,11 @@ def assemble_curves(
             layers.append((_float32(pretraining_metrics[name]), pretraining))
         if name in posttraining_metrics:
             layers.append((_float32(posttraining_metrics[name]), evaluations))
-        base = points[name].to_numpy(np.float32) if name in HISTORY_VARIABLES else None
+        base = points[name].to_numpy(np.float32)[order] if name in HISTORY_VARIABLES else None
         data_vars[name] = xr.Variable(
-            POINT_DIM, indexing.LazilyIndexedArray(_GatheredMetric(base, layers, len(points))), variable_attrs(name)
+            POINT_DIM, indexing.LazilyIndexedArray(_GatheredMetric(base, layers, len(order))), variable_attrs(name)
         )
-    dataset = xr.Dataset(data_vars, coords=_point_coords(points), attrs=attrs or {})
+    dataset = xr.Dataset(data_vars, coords=_point_coords(keys, points, order), attrs=attrs or {})
     for name in LEVELS:  # level variables are made by the index: their attrs are set afterwards
         dataset[name].attrs.update(_COORD_ATTRS[name])
     return dataset
@@ -127,12 +129,12 @@ def _float32(column: pd.Series) -> np.ndarray:
     return column.to_numpy(np.float32, na_value=np.nan)
 
 
-def _point_coords(points: pd.DataFrame) -> xr.Coordinates:
-    """Return the ``point`` MultiIndex and the other point coordinates, built once from the sorted points."""
-    index = point_coordinates(points[list(LEVELS)])
+def _point_coords(levels: pd.DataFrame, points: pd.DataFrame, order: np.ndarray) -> xr.Coordinates:
+    """Return the ``point`` MultiIndex (from the sorted ``levels``) and the other point coordinates, in ``order``."""
+    index = point_coordinates(levels)
     others = {
         # fastpath: xarray would otherwise pass millions of strings through a pandas Series to look for dates
-        name: xr.Variable(POINT_DIM, _coordinate_values(points[name]), _COORD_ATTRS[name], fastpath=True)
+        name: xr.Variable(POINT_DIM, _coordinate_values(points[name])[order], _COORD_ATTRS[name], fastpath=True)
         for name in COORDS
     }
     return xr.Coordinates({**index.variables, **others}, indexes=index.xindexes)
@@ -215,13 +217,12 @@ def _coordinate_values(column: pd.Series) -> np.ndarray:
     if isinstance(column.dtype, pd.CategoricalDtype) and (column.cat.codes >= 0).all():
         # the few distinct values converted once, then spread by code (not one conversion per point)
         return _coordinate_values(pd.Series(column.cat.categories)).take(column.cat.codes.to_numpy())
-    # copies: a view would keep the point table's whole block of columns alive as long as the Dataset
     if column.dtype == bool or pd.api.types.is_bool_dtype(column):
-        return column.to_numpy(bool, copy=True)
+        return column.to_numpy(bool)
     if pd.api.types.is_integer_dtype(column):
-        return column.to_numpy(np.int64, copy=True)
+        return column.to_numpy(np.int64)
     if pd.api.types.is_float_dtype(column):
-        return column.to_numpy(np.float64, copy=True)
+        return column.to_numpy(np.float64)
     values = column.to_numpy(dtype=object)
     if pd.api.types.infer_dtype(values, skipna=False) == "string":  # already str: no copy of millions of strings
         return values

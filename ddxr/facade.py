@@ -45,10 +45,6 @@ _RUN_FACTS = (
     "last_step",
 )
 _KEYS = ["params", "data", "seed", "step"]
-#: Cached managers and sources a build no longer needs once assembled: the progression manager (cleaned history,
-#: point table) and the raw tables read, as large as the curves' coordinates. Released before the write; asked for
-#: again, they are read or built anew.
-_RELEASED_AFTER_ASSEMBLY = ("training", "pretraining", "_store_runs", "_evaluation_entries")
 
 
 class DataDecideNext:
@@ -198,7 +194,7 @@ class DataDecideNext:
         return [
             ("read DataDecide", lambda: self._pretraining_metrics),
             ("read store runs", lambda: (self._store_runs, self._evaluation_entries)),
-            ("link", lambda: (self.relationships, self._posttraining_evaluations)),
+            ("link", self._link),
             ("read store history", lambda: self._history),
             ("assemble", self._assemble),
         ]
@@ -208,8 +204,9 @@ class DataDecideNext:
 
         The stage caches are still used: they are keyed by the sources they hold (see :mod:`ddxr.stage_cache`). The
         curves' metric variables are lazy (gathered from the metric tables when read, see
-        :func:`ddxr.assemble.assemble_curves`); :attr:`training` and :attr:`pretraining` are released once the
-        Datasets are assembled and rebuilt if used again.
+        :func:`ddxr.assemble.assemble_curves`). Sources and managers a later stage no longer needs are released as
+        the build goes (the raw run rows once linked; :attr:`training` and :attr:`pretraining` before the curves are
+        made) and read or built again if used afterwards.
         """
         stages = self.build_stages()
         with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
@@ -219,21 +216,24 @@ class DataDecideNext:
                 bar.update()
         return result
 
+    def _link(self) -> tuple[RunRelationshipManager, tuple[pd.DataFrame, pd.DataFrame]]:
+        linked = self.relationships, self._posttraining_evaluations
+        self._forget("_store_runs", "_evaluation_entries")  # the raw run rows, now links and evaluations
+        return linked
+
     def _assemble(self) -> tuple[xr.Dataset, xr.Dataset]:
         post_metrics, _ = self._posttraining_evaluations
         available = [*self._pretraining_metrics.columns, *post_metrics.columns, "train_loss", "lr_at_step"]
-        curves = assemble_curves(
-            self.training.points(),
-            self.training.metric_table,
-            post_metrics,
-            self.evaluations.variables(available),
-            self.evaluations.variable_attrs,
-            attrs=self._provenance(),
-        )
+        points, metric_table = self.training.points(), self.training.metric_table
+        attrs = self._provenance()
         runs = assemble_runs(self.runs_table())
-        self._forget(*_RELEASED_AFTER_ASSEMBLY)
+        # the progression manager (cleaned history, point table) and the raw DataDecide table are as large as the
+        # curves' coordinates: let go before the curves are made (the points live on until then); rebuilt if used
+        self._forget("training", "pretraining")
         # what the sources' Arrow tables left in pyarrow's pool would otherwise stay mapped through the write
         pa.default_memory_pool().release_unused()
+        variables = self.evaluations.variables(available)
+        curves = assemble_curves(points, metric_table, post_metrics, variables, self.evaluations.variable_attrs, attrs)
         return curves, runs
 
     def runs_table(self) -> pd.DataFrame:

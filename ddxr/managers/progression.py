@@ -421,7 +421,8 @@ class TrainingProgressionManager:
                 "lr_at_step": rows["lr_at_step"].to_numpy(np.float64) if "lr_at_step" in rows else np.nan,
                 "pretraining_row": np.asarray(row_pointer, dtype=np.int64),
                 "eval_run": pd.Categorical([""] * len(rows)),
-            }
+            },
+            copy=False,  # one block per column: the table is stacked column by column (see _stacked)
         )
 
     def _lineage_bases(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -515,7 +516,8 @@ class TrainingProgressionManager:
                 "lr_at_step": self._history["lr_at_step"].to_numpy(np.float64)[rows],
                 "pretraining_row": -1,
                 "eval_run": _evaluated_at(run_id, step == runs["last_step"].to_numpy(np.float64)[run_rows]),
-            }
+            },
+            copy=False,  # one block per column: the table is stacked column by column (see _stacked)
         )
 
     @property
@@ -573,17 +575,18 @@ def _evaluated_at(run_id: pd.Categorical, evaluated: np.ndarray) -> pd.Categoric
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate point tables; string columns stay categoricals, over the sorted union of their values.
+    """Concatenate point tables, emptying them; string columns stay categoricals, over the sorted union of their values.
 
-    Sorted categories make the codes order like the strings.
+    Sorted categories make the codes order like the strings. Each column of the parts is let go once stacked, so the
+    point table is never held twice.
     """
     columns = {}
     for name in POINT_COLUMNS:
-        pieces = [part[name] for part in parts]
+        pieces = [part.pop(name) for part in parts]
         if isinstance(pieces[0].dtype, pd.CategoricalDtype):
             # an empty piece has object categories, which union_categoricals refuses to mix with strings
             pieces = [pd.Categorical.from_codes(p.cat.codes, p.cat.categories.astype("str")) for p in pieces]
             columns[name] = union_categoricals(pieces, sort_categories=True)
         else:
             columns[name] = np.concatenate([piece.to_numpy() for piece in pieces])
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)
