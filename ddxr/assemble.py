@@ -112,10 +112,22 @@ def assemble_curves(
 
 
 def _point_order(points: pd.DataFrame) -> np.ndarray:
-    """Positions that sort points by lineage, pretraining phase first, cumulative tokens and step (stable)."""
+    """Positions that sort points by lineage, pretraining phase first, cumulative tokens and step (stable).
+
+    The progression lays each phase of a lineage out in token and step order already: sorting by lineage and phase
+    alone then gives the same order (checked in one pass) at a fraction of the cost of sorting by all four keys.
+    """
     lineage, _ = level_codes(points["lineage"])
-    keys = (points["step"], points["cumulative_tokens"], ~points["pretraining_phase"].astype(bool))
-    return np.lexsort((*(key.to_numpy() for key in keys), lineage))
+    group = 2 * lineage.astype(np.int64) + ~points["pretraining_phase"].to_numpy(bool)
+    tokens, step = points["cumulative_tokens"].to_numpy(), points["step"].to_numpy()
+    order = np.argsort(group, kind="stable")
+    same, ordered_tokens, ordered_step = group[order], tokens[order], step[order]
+    rising = (ordered_tokens[1:] > ordered_tokens[:-1]) | (
+        (ordered_tokens[1:] == ordered_tokens[:-1]) & (ordered_step[1:] >= ordered_step[:-1])
+    )
+    if (rising | (same[1:] != same[:-1])).all():
+        return order
+    return np.lexsort((step, tokens, group))
 
 
 def _table_rows(index: pd.Index, run_ids: pd.Series) -> np.ndarray:

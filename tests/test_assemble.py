@@ -9,7 +9,7 @@ import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddxr.assemble import assemble_curves
+from ddxr.assemble import _point_order, assemble_curves
 from ddxr.index import point_coordinates
 from ddxr.schema import LEVELS, POINT_DIM
 
@@ -197,3 +197,18 @@ def test_point_coordinates_index_like_from_frame(frame, categorical):
     for level, level_expected in zip(index.levels, expected.levels, strict=True):
         pd.testing.assert_index_equal(level, level_expected, exact=False)
     np.testing.assert_array_equal(np.asarray(index.codes), np.asarray(expected.codes))
+
+
+order_rows = st.lists(
+    st.tuples(st.integers(0, 2), st.booleans(), st.sampled_from([0.0, 1.0, 2.0, np.nan]), st.integers(0, 2))
+)
+
+
+@given(order_rows)
+def test_point_order_is_the_stable_sort_by_lineage_phase_tokens_and_step(rows):
+    """Whether or not each phase of a lineage is already in token and step order."""
+    frame = pd.DataFrame(rows, columns=["lineage", "pretraining_phase", "cumulative_tokens", "step"]).astype(
+        {"lineage": str, "pretraining_phase": bool, "cumulative_tokens": float, "step": "int64"}
+    )
+    expected = frame.sort_values(list(frame.columns), ascending=[True, False, True, True], kind="stable").index
+    assert _point_order(frame).tolist() == expected.tolist()

@@ -202,23 +202,18 @@ class TrainingProgressionManager:
     # ------------------------------------------------------------------ post-training history
     def _clean_history(self, history: pd.DataFrame, evaluated_runs: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         links = self._links
-        # run ids as a categorical over the linked runs: maps, groupbys and merges then work on integer codes
-        history = history.assign(run_id=history["run_id"].astype(self._run_dtype)).dropna(subset=["run_id"])
-        history = history.sort_values(["run_id", "step"], kind="stable")
-        # the logged rate is the schedule at that step; the hyperparameter lives in the links
-        history = history.rename(columns={"learning_rate": "lr_at_step"})
         facts = pd.DataFrame(index=links.index)
-
-        # rows are sorted by run and step: a repeated (run, step) is the next row's (duplicated(keep="last"))
-        codes, step = history["run_id"].cat.codes.to_numpy(), history["step"].to_numpy(np.int64)
-        repeated = (codes[1:] == codes[:-1]) & (step[1:] == step[:-1])
-        duplicated = pd.Series(np.append(repeated, False), index=history.index)
-        facts["duplicate_steps"] = duplicated.groupby(history["run_id"]).sum().reindex(facts.index, fill_value=0)
-        self.report.duplicate_history_rows = int(duplicated.sum())
-        self.report.name("runs_with_duplicate_steps", facts.index[facts["duplicate_steps"] > 0])
-        history = history[~duplicated].reset_index(drop=True)
-
-        history = self._drop_rows_without_counter(history, facts)
+        # run ids as a categorical over the linked runs: maps, groupbys and merges then work on integer codes
+        history = history.assign(run_id=history["run_id"].astype(self._run_dtype))
+        rows, tokens = self._kept_rows(history, facts)
+        # the one copy of the history: the rows kept, in run and step order; the logged rate is the schedule at that
+        # step (the hyperparameter lives in the links)
+        history = (
+            history.take(rows)
+            .assign(total_tokens=tokens)
+            .rename(columns={"learning_rate": "lr_at_step"})
+            .reset_index(drop=True)
+        )
         run_type = history["run_id"].map(links["run_type"])
         history = history.assign(run_tokens=self._repaired_tokens(history, facts))
         history = self._drop_summed_losses(history, facts)
@@ -234,8 +229,29 @@ class TrainingProgressionManager:
         self.report.name("runs_tokens_estimated", facts.index[facts["tokens_estimated"]])
         return history, facts
 
-    def _drop_rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
-        """Skip history rows whose token counters cannot place them on the token axis.
+    def _kept_rows(self, history: pd.DataFrame, facts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Return the positions of the rows of linked runs the curves keep, in run and step order, and their tokens.
+
+        A (run, step) logged twice keeps its last row; rows without a usable counter are skipped
+        (:meth:`_rows_without_counter`). Both are counted per run. Positions only: the table is not copied here.
+        """
+        codes, step = history["run_id"].cat.codes.to_numpy(), history["step"].to_numpy(np.int64)
+        rows = np.lexsort((step, codes))  # stable: rows of one run and step stay in the order they were logged
+        rows = rows[codes[rows] >= 0]
+        duplicated = np.append((codes[rows[1:]] == codes[rows[:-1]]) & (step[rows[1:]] == step[rows[:-1]]), False)
+        per_run = np.bincount(codes[rows[duplicated]], minlength=len(self._run_dtype.categories))
+        facts["duplicate_steps"] = pd.Series(per_run, index=self._run_dtype.categories).reindex(facts.index)
+        self.report.duplicate_history_rows = int(duplicated.sum())
+        self.report.name("runs_with_duplicate_steps", facts.index[facts["duplicate_steps"] > 0])
+        rows = rows[~duplicated]
+        counters = pd.DataFrame(
+            {name: history[name].array.take(rows) for name in ("run_id", "total_tokens", "training_step")}, copy=False
+        )
+        skip, tokens = self._rows_without_counter(counters, facts)
+        return rows[~skip], tokens[~skip]
+
+    def _rows_without_counter(self, history: pd.DataFrame, facts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Mark history rows whose token counters cannot place them on the token axis; return them and the tokens.
 
         Those are rows whose ``total_tokens`` is non-finite, or missing in a run that logs the counter elsewhere,
         and rows whose DPO counter ``training_step`` is ±inf.
@@ -263,7 +279,7 @@ class TrainingProgressionManager:
             self.report.history_rows_skipped.setdefault(str(run_id), {})[why] = int(count)
         per_run = skip.groupby(history["run_id"], observed=True).sum()
         facts["history_rows_skipped"] = per_run.reindex(facts.index, fill_value=0).astype("int64")
-        return history[~skip].assign(total_tokens=tokens[~skip]).reset_index(drop=True)
+        return skip.to_numpy(), tokens.to_numpy()
 
     def _repaired_tokens(self, history: pd.DataFrame, facts: pd.DataFrame) -> pd.Series:
         repaired, restarted = repair_token_restarts(history["total_tokens"], history["run_id"])
