@@ -147,6 +147,18 @@ def test_handle_closes_with_its_last_dataset(written: Path) -> None:
     assert not dataset.isopen()
 
 
+@pytest.mark.parametrize(
+    "key",
+    [[-1, 0, -3], [5, 2, 2, 40], slice(None, None, -2), slice(3, 20, 3), -2, 7, xr.DataArray([[1, 2], [3, -1]])],
+    ids=["negative", "unsorted-repeated", "reversed", "stepped", "negative-scalar", "scalar", "vectorized"],
+)
+def test_lazy_reads_match_memory_for_any_positional_key(
+    written: Path, example: tuple[xr.Dataset, xr.Dataset], key: object
+) -> None:
+    with open_dataset(written) as opened:
+        xr.testing.assert_identical(opened.isel({POINT_DIM: key}).load(), example[0].isel({POINT_DIM: key}))
+
+
 def test_open_does_not_read_the_whole_file(tmp_path: Path) -> None:
     curves = grid_curves(post_steps=50_000, noise_variables=20)
     path = write_dataset(curves, xr.Dataset(), tmp_path / "big.nc")
