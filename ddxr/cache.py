@@ -801,7 +801,9 @@ def _point_index(
         table = checked_table(name, level_codes, variables[level_codes.attrs[VALUES_ATTR]])
         # netCDF cannot type an empty string variable: it comes back float64
         levels.append(
-            pd.Index(table, name=name, dtype=object if table.size == 0 and name not in FLOAT_LEVELS else None)
+            pd.Index(
+                table, name=name, dtype=object if table.size == 0 and name not in FLOAT_LEVELS else None, copy=False
+            )
         )
         codes.append(checked_codes(name, np.asarray(level_codes.values), len(table)))
         attrs[name] = decode_attrs(codes_attrs(level_codes), f"variable {name!r}")
