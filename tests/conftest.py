@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +25,44 @@ def _admin_connection():
     return connection
 
 
+#: Name of a test database: the creating process id, then a random suffix.
+TEST_DATABASE = re.compile(r"^ddxr_test_(?P<pid>\d+)_[0-9a-f]{8}$")
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def drop_databases_of_dead_sessions(admin) -> list[str]:
+    """Drop the test databases whose creating process is gone (a killed run cannot drop its own); return them.
+
+    Only for a server on this machine: a process id means nothing on another host.
+    """
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'ddxr_test_%'")
+        names = [row[0] for row in cursor.fetchall()]
+        orphans = [name for name in names if (m := TEST_DATABASE.match(name)) and not _process_is_alive(int(m["pid"]))]
+        for name in orphans:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return orphans
+
+
 @pytest.fixture(scope="session")
 def make_pg_url() -> Iterator[Callable[[], str]]:
-    """Return factory of fresh, empty PostgreSQL databases; every one is dropped when the session ends."""
+    """Return factory of fresh, empty PostgreSQL databases; every one is dropped when the session ends.
+
+    Databases left by earlier runs that were killed (their process is gone) are dropped first.
+    """
     created: list[str] = []
     admin = _admin_connection()
+    if "127.0.0.1" in PG_SERVER or "localhost" in PG_SERVER:
+        drop_databases_of_dead_sessions(admin)
 
     def make() -> str:
         name = f"ddxr_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
