@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 from xarray.indexes import PandasMultiIndex
 
+from ddxr.coders import factorize
 from ddxr.errors import BuildError
 from ddxr.vocabulary import PRETRAINING_LEARNING_RATE, RECIPES
 
@@ -156,7 +157,7 @@ def _key_codes(values: pd.Series | np.ndarray) -> np.ndarray:
         return values.cat.codes.to_numpy()
     if isinstance(values.dtype, np.dtype) and values.dtype.kind in "iub":
         return np.asarray(values)
-    return pd.factorize(values)[0]
+    return factorize(np.asarray(values))[0]  # strings repeat along point: hash one per run of equal neighbours
 
 
 def _shared_keys(keys: Sequence[np.ndarray]) -> np.ndarray:
