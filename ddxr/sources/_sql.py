@@ -190,15 +190,20 @@ def json_member(dialect: str, column: sa.ColumnElement, key: str) -> sa.ColumnEl
     return sa.select(entry.c.value).where(entry.c.key == sa.bindparam(None, key, type_=sa.Text)).scalar_subquery()
 
 
-def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) -> sa.Select:
+def json_entries(
+    dialect: str, table: sa.Table, column: str, key_prefix: str, run_ids: Sequence[str] | None = None
+) -> sa.Select:
     """Select rows ``(run_id, key, value)`` of the top-level entries of ``table.column`` starting with ``key_prefix``.
 
-    ``value`` is the entry's JSON text.
+    ``value`` is the entry's JSON text; ``run_ids`` (optional) restricts the runs.
     """
     if dialect == "postgresql":
         # the runs come in run_id order (OFFSET 0 keeps a subquery's order), so the server sorts each run's few
         # hundred entries by key in memory (an incremental sort) instead of all entries at once, on disk
-        runs = sa.select(table.c.run_id, table.c[column]).order_by(table.c.run_id).offset(0).subquery("runs")
+        runs = sa.select(table.c.run_id, table.c[column]).order_by(table.c.run_id).offset(0)
+        if run_ids is not None:
+            runs = runs.where(any_of(dialect, table.c.run_id, run_ids))
+        runs = runs.subquery("runs")
         entry = sa.func.jsonb_each(sa.cast(runs.c[column], JSONB)).table_valued("key", "value").alias("entry")
         value = sa.cast(entry.c.value, sa.Text)
         # PostgreSQL's LIKE is case-sensitive; autoescape keeps the '_' of 'oe_eval_metrics/' literal
@@ -206,6 +211,8 @@ def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) ->
     else:
         runs = table
         json_column = table.c[column]
+        if run_ids is not None:
+            matches_run = any_of(dialect, table.c.run_id, run_ids)
         entry = sa.func.json_each(json_column).table_valued("key", "value", "fullkey").alias("entry")
         # `->` returns the entry's JSON text verbatim; for keys holding '"' (which SQLite 3.40 paths cannot name)
         # json_quote is the fallback, with 15 significant digits for reals
@@ -216,6 +223,8 @@ def json_entries(dialect: str, table: sa.Table, column: str, key_prefix: str) ->
         matches = entry.c.key.startswith(key_prefix, autoescape=True) & (
             sa.func.substr(entry.c.key, 1, len(key_prefix)) == key_prefix
         )
+        if run_ids is not None:
+            matches = matches & matches_run
     return (
         sa.select(runs.c.run_id, entry.c.key, value.label("value"))
         .select_from(runs)

@@ -54,6 +54,7 @@ RUN_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_metrics", "sy
 #: JSON columns :meth:`WandBStore.read_runs` returns and :meth:`WandBStore.read_run_entries` accepts.
 READ_JSON_COLUMNS = ("config", "summary", "wandb_metadata", "system_attrs")
 HISTORY_COLUMNS = ("run_id", "step", "timestamp", "runtime")
+_STATE = ("run_id", "run_name", "created_at", "digest")  # columns of WandBStore.run_states()
 _LAYOUT_A_MERGED = ("config", "summary")  # both read layout A's raw_data
 # W&B attributes and launch metadata that some layout-A stores keep in columns next to raw_data: read when present
 _LAYOUT_A_KEPT = ("wandb_metadata", "system_attrs")
@@ -289,8 +290,8 @@ class WandBStore:
 
     # ----------------------------------------------------------------------------------------------- reading
 
-    def read_runs(self) -> pd.DataFrame:
-        """All runs, one row each, ordered by ``run_id``.
+    def read_runs(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """All runs (or those of ``run_ids``), one row each, ordered by ``run_id``.
 
         Returns
         -------
@@ -322,10 +323,12 @@ class WandBStore:
             sa.type_coerce(runs.c.created_at, sa.String).label("created_at"),
             *(sa.cast(runs.c[name], sa.Text).label(name) for name in stored_json),
         ]
-        raw = self._read_frame(sa.select(*columns).order_by(runs.c.run_id))
-        return _runs_frame(raw, schema.layout)
+        statement = sa.select(*columns).order_by(runs.c.run_id)
+        if run_ids is not None:
+            statement = statement.where(any_of(self._url.dialect, runs.c.run_id, _run_id_list(run_ids)))
+        return _runs_frame(self._read_frame(statement), schema.layout)
 
-    def read_run_entries(self, column: str, key_prefix: str) -> pd.DataFrame:
+    def read_run_entries(self, column: str, key_prefix: str, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """Top-level entries of a run JSON column whose key starts with ``key_prefix``, extracted in SQL.
 
         Parameters
@@ -337,6 +340,8 @@ class WandBStore:
         key_prefix : str
             Literal prefix, case-sensitive (``_``, ``%`` and ``/`` carry no pattern meaning), e.g.
             ``"oe_eval_metrics/"``.
+        run_ids : sequence of str, optional
+            Only these runs (default: every run).
 
         Returns
         -------
@@ -357,7 +362,8 @@ class WandBStore:
         stored = "raw_data" if schema.layout == "A" and column in _LAYOUT_A_MERGED else column
         if stored not in schema.runs.c:
             return pd.DataFrame({name: pd.Series(dtype="str") for name in ("run_id", "key", "value")})
-        statement = json_entries(self._url.dialect, schema.runs, stored, key_prefix)
+        only = None if run_ids is None else _run_id_list(run_ids)
+        statement = json_entries(self._url.dialect, schema.runs, stored, key_prefix, only)
         return self._read_frame(statement, invalid_json=(schema.runs, stored)).astype("str")
 
     def iter_history(
@@ -451,6 +457,44 @@ class WandBStore:
         frame = pd.DataFrame.from_records(rows, columns=columns)
         return frame.astype({"run_id": "str", "rows": "int64", "max_id": "int64"})
 
+    def run_states(self) -> pd.DataFrame:
+        """Return what identifies each run's content now, for incremental refreshes (one light query).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``run_id``, ``run_name``, ``created_at`` (text as stored) and ``digest`` (int64, a hash of the run's
+            id, name, creation time, state and JSON sizes: a re-downloaded run, with a new state or evals added to
+            its summary, changes it), ordered by ``run_id`` as the store orders it.
+        """
+        schema = self._schema()
+        runs = schema.runs
+        self._require_columns(runs, ("run_id", "run_name", "state", "created_at"))
+        with self._connect() as connection:
+            rows = connection.execute(self._run_content(schema).add_columns(runs.c.run_name)).all()
+        content = pd.DataFrame.from_records(rows, columns=[*range(len(rows[0]) - 1), "run_name"] if rows else None)
+        if content.empty:
+            return pd.DataFrame({name: pd.Series(dtype="int64" if name == "digest" else "str") for name in _STATE})
+        frame = content[[0, "run_name", 2]].astype(str).set_axis(list(_STATE[:3]), axis=1)
+        frame["digest"] = pd.util.hash_pandas_object(content.astype(object), index=False).to_numpy().view(np.int64)
+        return frame
+
+    def _run_content(self, schema: _Schema) -> sa.Select:
+        """Per run, ordered by ``run_id``: id, state, creation time and the sizes of the JSON cells.
+
+        PostgreSQL gives the stored size of each JSONB cell (``pg_column_size``, read without rendering the JSON as
+        text: 15 times faster on 2,000 runs); SQLite the length of its text.
+        """
+        runs = schema.runs
+        content = [name for name in ("raw_data", "config", "summary", "system_attrs") if name in runs.c]
+        if self._url.dialect == "postgresql":
+            sizes = [sa.func.pg_column_size(runs.c[name]) for name in content]
+        else:
+            sizes = [sa.func.length(sa.cast(runs.c[name], sa.Text)) for name in content]
+        return sa.select(runs.c.run_id, runs.c.state, sa.type_coerce(runs.c.created_at, sa.String), *sizes).order_by(
+            runs.c.run_id
+        )
+
     def stats(self) -> dict[str, Any]:
         """Return what changes when the store's content changes, for cache fingerprints.
 
@@ -459,24 +503,17 @@ class WandBStore:
         dict
             ``{"url": <redacted url>, "layout": "A"|"B", "wandb_runs": {"rows", "latest_created_at",
             "content_digest"}, "wandb_history": {"rows", "max_id", "latest_timestamp"} or None}``.
-            ``content_digest`` hashes each run's id, state and JSON text lengths, so a re-downloaded run (new
-            state, evals added to its summary) changes it. Values are JSON-serializable; no password appears.
+            ``content_digest`` hashes each run's id, state, creation time and JSON sizes, so a re-downloaded run
+            (new state, evals added to its summary) changes it. Values are JSON-serializable; no password appears.
         """
         schema = self._schema()
         runs, history = schema.runs, schema.history
         self._require_columns(runs, ("run_id", "state", "created_at"))
-        content = [name for name in ("raw_data", "config", "summary", "system_attrs") if name in runs.c]
         with self._connect() as connection:
             run_count, latest_created = connection.execute(
                 sa.select(sa.func.count(), sa.func.max(runs.c.created_at, type_=sa.String))
             ).one()
-            fingerprint = connection.execute(
-                sa.select(
-                    runs.c.run_id,
-                    runs.c.state,
-                    *(sa.func.length(sa.cast(runs.c[name], sa.Text)) for name in content),
-                ).order_by(runs.c.run_id)
-            ).all()
+            fingerprint = connection.execute(self._run_content(schema)).all()
             history_stats = None
             if history is not None:
                 history_count, max_id, latest_timestamp = connection.execute(
@@ -672,6 +709,14 @@ def _check_columns(frame: pd.DataFrame, required: Sequence[str], optional: Seque
             f"{what} frame: missing columns {missing}, unknown columns {unknown}; expected {list(required)} and "
             f"optionally {list(optional)}" + (" (tags go in system_attrs['tags'])" if "tags" in unknown else "")
         )
+
+
+def _run_id_list(run_ids: Sequence[str]) -> list[str]:
+    if isinstance(run_ids, str):
+        raise InvalidArgumentError(
+            f"run_ids must be a sequence of run ids, not the string {run_ids!r}; wrap it in a list"
+        )
+    return [str(run_id) for run_id in run_ids]
 
 
 def _run_id_column(values: pd.Series, what: str) -> pd.Series:
