@@ -26,6 +26,7 @@ is pickled.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import hashlib
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from xarray.backends import BackendArray
+from xarray.backends.netCDF4_ import NetCDF4ArrayWrapper
 from xarray.core import indexing
 from xarray.indexes import PandasIndex
 
@@ -64,7 +66,7 @@ from ddxr.coders import (
     jsonable,
 )
 from ddxr.errors import BuildError, CacheError, DdxrError, InvalidArgumentError
-from ddxr.handles import open_shared
+from ddxr.handles import SharedFileManager, open_shared, recent_memo
 from ddxr.index import DdxrIndex, index_coordinates, set_ddxr_index
 from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, RUN_DIM, validate_dataset
 
@@ -101,6 +103,8 @@ _REBUILD = "rebuild it with `ddxr build --refresh` (or delete the file)"
 _JSON = JsonAttrsCoder()
 _BOOLEANS = NullableBooleanCoder()
 _CATEGORIES = CategoricalCoder()
+_IMMUTABLE = (str, bytes, int, float, np.generic, np.dtype, type(None))  # attribute values copies may share
+_CURVES_MEMO = "curves"  # a recent file's memo: (drop list, curves as decoded), see _remembered_curves
 
 
 def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Path:
@@ -182,7 +186,16 @@ def open_dataset(
         If ``drop_variables`` names an index level (the index needs every level).
     """
     path = Path(path)
-    return decode_curves(_open(path, group=None, chunks=chunks), path, drop_variables)
+    if chunks is not None:  # dask-backed variables are built by xarray at each open
+        return decode_curves(_open(path, group=None, chunks=chunks), path, drop_variables)
+    manager = _shared(path)
+    try:
+        curves = _bound(_remembered_curves(manager, path, _drop_list(drop_variables)), manager)
+    except BaseException:
+        manager.close()
+        raise
+    curves.set_close(manager.close)
+    return curves
 
 
 def open_runs(path: str | Path, drop_variables: str | Iterable[Hashable] | None = None) -> xr.Dataset:
@@ -565,13 +578,22 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 # --- decoding -------------------------------------------------------------------------------------------------------
 
 
-def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
+def _shared(path: Path, group: str | None = None) -> SharedFileManager:
+    """Return a manager over the one handle of the file at ``path`` (ddxr.handles); CacheError if unreadable."""
     if not path.is_file():
         raise CacheError(f"{path}: no such cache file; build it with `ddxr build` or check the path")
     try:
         # one handle per file version for every open: several handles on one file, some closed by the garbage
         # collector, crash netCDF-C/HDF5 (see ddxr.handles); variables are read from disk when used
-        store = xr.backends.NetCDF4DataStore(open_shared(path), group=group)
+        return open_shared(path)
+    except _READ_ERRORS as error:
+        raise _unreadable(path, error, group) from error
+
+
+def _open(path: Path, group: str | None, chunks: Any, manager: SharedFileManager | None = None) -> xr.Dataset:
+    manager = manager or _shared(path, group)
+    try:
+        store = xr.backends.NetCDF4DataStore(manager, group=group)
         # the curves have no dimension coordinate to index; the runs table's are restored by _decode_indexes
         return xr.open_dataset(
             store,
@@ -580,7 +602,65 @@ def _open(path: Path, group: str | None, chunks: Any) -> xr.Dataset:
             create_default_indexes=group is not None,
         )
     except _READ_ERRORS as error:
+        manager.close()
         raise _unreadable(path, error, group) from error
+
+
+def _remembered_curves(manager: SharedFileManager, path: Path, drop: list[Hashable]) -> xr.Dataset:
+    """Return the decoded curves of the file behind ``manager``, decoded once per file version while it is recent.
+
+    What opening decodes (the point index, string tables, attributes) only depends on the file, so it is kept in
+    the file's memo (ddxr.handles) and every later open copies it with :func:`_bound` instead of reading it again.
+    """
+    memo = recent_memo(manager)
+    remembered = memo.get(_CURVES_MEMO)
+    if remembered is not None and remembered[0] == drop:
+        return remembered[1]
+    curves = decode_curves(_open(path, None, None, manager), path, drop)
+    memo[_CURVES_MEMO] = (drop, curves)  # refers to the file through `manager`, which never refers to the memo
+    return curves
+
+
+def _bound(curves: xr.Dataset, manager: SharedFileManager) -> xr.Dataset:
+    """Return a copy of remembered curves reading through ``manager``, with lazy caches and attributes of its own.
+
+    The copy shares the (immutable) index and string tables; each lazy variable gets new memory-cache and
+    copy-on-write wrappers (loading or writing one Dataset's values never shows in another) and a file array bound to
+    this open's manager, so that closing a Dataset releases exactly its own use of the file.
+    """
+    stores: dict[int, xr.backends.NetCDF4DataStore] = {}
+    bound = curves.copy()
+    for variable in bound.variables.values():
+        if isinstance(variable._data, indexing.MemoryCachedArray):
+            variable.data = _cached(_rebound(variable._data.array.array, manager, stores))
+        variable.attrs = _own(variable.attrs)
+        variable.encoding = _own(variable.encoding)
+    bound.attrs = _own(bound.attrs)
+    return bound
+
+
+def _own(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Return a copy of ``mapping`` sharing no mutable value (a deepcopy costs ~20 µs a dict; most values are text)."""
+    return {key: value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value) for key, value in mapping.items()}
+
+
+def _rebound(array: Any, manager: SharedFileManager, stores: dict[int, xr.backends.NetCDF4DataStore]) -> Any:
+    """Return a copy of a chain of lazy wrappers (ddxr's, xarray's decoders) whose file array reads via ``manager``."""
+    rebound = copy.copy(array)
+    if isinstance(array, NetCDF4ArrayWrapper):
+        store = stores.get(id(array.datastore))
+        if store is None:
+            store = stores[id(array.datastore)] = copy.copy(array.datastore)
+            store._manager = manager
+        rebound.datastore = store
+    else:
+        rebound.array = _rebound(array.array, manager, stores)
+    return rebound
+
+
+def _cached(array: Any) -> indexing.MemoryCachedArray:
+    """Wrap a lazy array as xarray wraps the variables it opens (to_dataframe reads ``.data`` several times)."""
+    return indexing.MemoryCachedArray(indexing.CopyOnWriteArray(array))
 
 
 def _check_schema(ds: xr.Dataset, path: str | Path) -> None:
@@ -705,10 +785,7 @@ def _lazy(name: Hashable, variable: xr.Variable, strings: np.ndarray | None, pat
         if strings is None:
             return variable.data
         return variable.data.map_blocks(functools.partial(_take, strings=strings, name=name), dtype=object)
-    # cached like xarray's own lazy variables: to_dataframe reads `.data` several times
-    return indexing.MemoryCachedArray(
-        indexing.CopyOnWriteArray(indexing.LazilyIndexedArray(_PointArray(name, variable, strings, path)))
-    )
+    return _cached(indexing.LazilyIndexedArray(_PointArray(name, variable, strings, path)))
 
 
 def _take(codes: np.ndarray, strings: np.ndarray, name: Hashable) -> np.ndarray:

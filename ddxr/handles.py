@@ -9,19 +9,29 @@ two handles on one inode are exactly the situation that crashes. ddxr replaces c
 rebuilt file is a new inode and gets a new handle, while Datasets opened before keep reading the old version through
 theirs (an unlinked file stays readable while it is open).
 
-A handle is closed when the last Dataset using it is closed or garbage-collected. Closing takes xarray's netCDF lock,
-so it never runs while another thread reads; a collection that happens while the lock is held (inside a read) leaves
-the handle to be closed at the next open.
+A handle stays open while a Dataset uses it, and the :data:`RECENT_FILES` files opened last stay open after their
+last Dataset is garbage-collected, each with a memo the opener keeps decoded metadata in: opening the same file
+again (a notebook cell run twice, a loop over selections) then costs no netCDF open and no decoding. A recent file
+is forgotten, and its handle closed once no Dataset uses it, when
+
+- a Dataset of it is closed explicitly (``close()`` or leaving ``with``: the caller is done with the file),
+- the file at its path is replaced, removed, or modified in place (its mtime or size changed), seen at any open,
+- more recent files push it out, or :func:`forget` is called.
+
+Closing takes xarray's netCDF lock, so it never runs while another thread reads; a collection that happens while the
+lock is held (inside a read) leaves the handle to be closed at the next open.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import netCDF4
 from xarray.backends.file_manager import FileManager
@@ -29,10 +39,13 @@ from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
 
 from ddxr.errors import CacheError
 
+#: Files kept open (with their memo) after their last Dataset is gone; each holds its decoded point index in memory.
+RECENT_FILES = 2
 _ATTEMPTS = 5  # opens of a path that keeps being replaced while it is opened, before giving up
-# Both guarded by xarray's netCDF lock, which every read holds too: netCDF-C is not thread-safe, so no read may run
+# All guarded by xarray's netCDF lock, which every read holds too: netCDF-C is not thread-safe, so no read may run
 # while a file opens or closes.
 _OPEN: weakref.WeakValueDictionary[FileVersion, _Handle] = weakref.WeakValueDictionary()
+_RECENT: OrderedDict[FileVersion, _Recent] = OrderedDict()  # the most recently opened last
 _UNCLOSED: list[netCDF4.Dataset] = []  # handles released while a read held the netCDF lock
 
 
@@ -51,8 +64,7 @@ class FileVersion:
     @classmethod
     def of(cls, path: str | Path) -> FileVersion:
         """Return the version of the file now at ``path`` (``OSError`` if there is none)."""
-        status = os.stat(path)
-        return cls(os.path.abspath(path), status.st_dev, status.st_ino)
+        return _stat(path)[0]
 
 
 class _Handle:
@@ -66,12 +78,23 @@ class _Handle:
         weakref.finalize(self, _close, dataset).atexit = False
 
 
+@dataclass
+class _Recent:
+    """A recently opened file: its handle, kept open, and the memo of what was decoded from this content."""
+
+    handle: _Handle
+    content: tuple[int, int]  # mtime (ns) and size: a file rewritten in place is not the content the memo describes
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
 class SharedFileManager(FileManager):
     """xarray file manager over the shared handle of one file version.
 
-    ``close()`` ends this Dataset's use of the handle; the handle itself closes with its last user. Acquiring after
-    ``close()`` reopens the same version if the file at the path is still that version, else raises
-    :class:`~ddxr.errors.CacheError`. Pickling keeps the version, so a dask worker process reopens the same file.
+    ``close()`` ends this Dataset's use of the handle (and forgets the file as a recent one); the handle itself closes
+    with its last user. Acquiring after ``close()`` reopens the same version if the file at the path is still that
+    version, else raises :class:`~ddxr.errors.CacheError`. Pickling keeps the version, so a dask worker process
+    reopens the same file.
+
     """
 
     def __init__(self, version: FileVersion, handle: _Handle | None = None) -> None:
@@ -90,7 +113,9 @@ class SharedFileManager(FileManager):
         yield self.acquire(needs_lock)
 
     def close(self, needs_lock: bool = True) -> None:
-        """Drop this manager's reference to the shared file."""
+        """Drop this manager's reference to the shared file, and forget the file as a recent one."""
+        if self._handle is not None:
+            _forget(lambda version, content: version == self.version, needs_lock)
         self._handle = None
 
     def __getstate__(self) -> FileVersion:
@@ -108,6 +133,8 @@ class SharedFileManager(FileManager):
 
 def open_shared(path: str | Path) -> SharedFileManager:
     """Return a manager over the shared handle of the file now at ``path``, opening it if no Dataset uses it yet.
+
+    The file becomes the most recent one: its handle and memo outlive the manager (see the module docstring).
 
     Parameters
     ----------
@@ -127,14 +154,42 @@ def open_shared(path: str | Path) -> SharedFileManager:
         If the path was replaced again during each of several attempts to open it.
     """
     for _ in range(_ATTEMPTS):
-        version = FileVersion.of(path)
+        found = _stat(path)
+        # a replaced, removed or rewritten file is forgotten first: its handle closes now if no Dataset uses it, so
+        # a file rewritten in place (same inode) is opened afresh rather than read through stale metadata
+        _forget(lambda version, content: _current_content(version.path) != (version, content))
+        version, content = found
         handle = _shared_handle(version, check=False)
-        if FileVersion.of(path) == version:  # the handle opened the version it is filed under
+        if _stat(path) == found:  # the handle opened the version (and content) it is filed under
+            _remember(version, content, handle)
             return SharedFileManager(version, handle)
         with NETCDF4_PYTHON_LOCK:
             if _OPEN.get(version) is handle:
                 del _OPEN[version]
     raise CacheError(f"{path}: the file was replaced {_ATTEMPTS} times while being opened; retry once it is written")
+
+
+def forget(path: str | Path | None = None) -> None:
+    """Forget the recent file at ``path`` (every recent file if None): its handle closes once no Dataset uses it.
+
+    Call it before writing into a file in place (ddxr only ever replaces files), or to free the recent files' memos.
+    """
+    if path is None:
+        _forget(lambda version, content: True)
+        return
+    where, current = os.path.abspath(path), _current(path)
+    _forget(lambda version, content: version.path == where or version == current)
+
+
+def _forget(which: Callable[[FileVersion, tuple[int, int]], bool], needs_lock: bool = True) -> None:
+    """Forget the recent files ``which(version, content)`` selects."""
+    with NETCDF4_PYTHON_LOCK if needs_lock else nullcontext():
+        forgotten = [
+            _RECENT.pop(version) for version, recent in list(_RECENT.items()) if which(version, recent.content)
+        ]
+    # dropped here, outside the lock, so that the handles no Dataset uses close now (or at the next open when the
+    # caller holds the lock)
+    del forgotten
 
 
 def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = True) -> _Handle:
@@ -158,11 +213,43 @@ def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = 
         return handle
 
 
-def _current(path: str) -> FileVersion | None:
+def recent_memo(manager: SharedFileManager) -> dict[str, Any]:
+    """Return the memo of the file ``manager`` reads while it is a recent one (else a new dict, kept nowhere).
+
+    What is kept there lives as long as the file stays recent: it must not refer to ``manager`` or any Dataset
+    using it, which would keep the memo itself alive.
+    """
+    with NETCDF4_PYTHON_LOCK:
+        recent = _RECENT.get(manager.version)
+        return recent.memo if recent is not None and recent.handle is manager._handle else {}
+
+
+def _remember(version: FileVersion, content: tuple[int, int], handle: _Handle) -> None:
+    """Make ``version`` the most recent file (with a new memo if its content is new)."""
+    with NETCDF4_PYTHON_LOCK:
+        recent = _RECENT.pop(version, None)
+        if recent is None or recent.content != content:
+            recent = _Recent(handle, content)
+        _RECENT[version] = recent
+        pushed_out = [_RECENT.popitem(last=False) for _ in range(len(_RECENT) - RECENT_FILES)]
+    del pushed_out  # outside the lock: their handles close now if no Dataset uses them
+
+
+def _stat(path: str | Path) -> tuple[FileVersion, tuple[int, int]]:
+    status = os.stat(path)
+    return FileVersion(os.path.abspath(path), status.st_dev, status.st_ino), (status.st_mtime_ns, status.st_size)
+
+
+def _current_content(path: str) -> tuple[FileVersion, tuple[int, int]] | None:
     try:
-        return FileVersion.of(path)
+        return _stat(path)
     except OSError:
         return None
+
+
+def _current(path: str) -> FileVersion | None:
+    current = _current_content(path)
+    return None if current is None else current[0]
 
 
 def _close(dataset: netCDF4.Dataset) -> None:

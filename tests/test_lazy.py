@@ -147,6 +147,72 @@ def test_handle_closes_with_its_last_dataset(written: Path) -> None:
     assert not dataset.isopen()
 
 
+# --- recent files: opening a file again costs no netCDF open and no decoding ------------------------------------
+
+
+def _handle_of(path: Path) -> object:
+    """Return the netCDF4 Dataset open on ``path`` (its current version)."""
+    return ddxr.handles._OPEN[ddxr.handles.FileVersion.of(path)].dataset
+
+
+def test_reopening_a_recent_file_reads_nothing_and_shares_nothing_mutable(
+    written: Path, example: tuple[xr.Dataset, xr.Dataset]
+) -> None:
+    first = open_dataset(written)
+    first["train_loss"].attrs["long_name"] = "changed in one Dataset"
+    first.attrs["build_report"]["skipped"]["added"] = 1  # a JSON attribute: nested dicts
+    first["train_loss"][0] = -1.0  # written in memory (copy on write), never to the file
+    loaded = first["step"].load()
+    handle = _handle_of(written)
+    del first, loaded
+    gc.collect()
+    assert handle.isopen()  # the most recent file stays open after its last Dataset is gone
+
+    before = _bytes_read()
+    again = open_dataset(written)
+    assert _bytes_read() - before < 4096  # no index, table or attribute read again
+    assert _handle_of(written) is handle
+    xr.testing.assert_identical(again.load(), example[0])  # none of the first Dataset's changes
+    again.close()
+    gc.collect()
+    assert not handle.isopen()  # closed explicitly: the file is forgotten and its handle closed
+
+
+def test_recent_files_are_few(tmp_path: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    paths = [write_dataset(*example, tmp_path / f"{number}.nc") for number in range(ddxr.handles.RECENT_FILES + 1)]
+    handles = []
+    for path in paths:
+        open_dataset(path)  # dropped at once
+        handles.append(_handle_of(path))
+    gc.collect()
+    assert [handle.isopen() for handle in handles] == [False] + [True] * ddxr.handles.RECENT_FILES
+    ddxr.handles.forget()
+    gc.collect()
+    assert not any(handle.isopen() for handle in handles)
+
+
+def test_replaced_recent_file_is_closed_and_read_anew(written: Path, example: tuple[xr.Dataset, xr.Dataset]) -> None:
+    open_dataset(written)
+    old = _handle_of(written)
+    write_dataset(example[0].sel(params="4M"), xr.Dataset(), written)  # a rebuild replaces the file
+    with open_dataset(written) as new:
+        gc.collect()
+        assert not old.isopen()  # no Dataset used it: closed when the next open saw the file replaced
+        xr.testing.assert_identical(new.load(), example[0].sel(params="4M"))
+
+
+def test_recent_file_rewritten_in_place_is_read_anew(
+    written: Path, example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
+) -> None:
+    open_dataset(written)
+    smaller = write_dataset(example[0].sel(params="150M"), xr.Dataset(), tmp_path / "other.nc")
+    inode = written.stat().st_ino
+    written.write_bytes(smaller.read_bytes())  # same inode, new content: the memo no longer describes the file
+    assert written.stat().st_ino == inode
+    with open_dataset(written) as reread:
+        xr.testing.assert_identical(reread.load(), example[0].sel(params="150M"))
+
+
 @pytest.mark.parametrize(
     "key",
     [[-1, 0, -3], [5, 2, 2, 40], slice(None, None, -2), slice(3, 20, 3), -2, 7, xr.DataArray([[1, 2], [3, -1]])],
