@@ -27,6 +27,7 @@ from ddxr.frames import to_frame
 from ddxr.index import select
 from ddxr.managers.evaluations import EvaluationManager
 from ddxr.managers.progression import HISTORY_KEYS, REPORT_RUN_IDS, PretrainingSeeds, TrainingProgressionManager
+from ddxr.managers.relationships import JSON_COLUMNS as LINK_JSON_COLUMNS
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.progress import progress_bar
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
@@ -105,7 +106,7 @@ class DataDecideNext:
 
     @cached_property
     def _store_runs(self) -> pd.DataFrame:
-        return self.wandb.read_runs()
+        return self.wandb.read_runs(json_columns=LINK_JSON_COLUMNS)  # summaries: read as entries, in SQL
 
     @cached_property
     def _evaluation_entries(self) -> pd.DataFrame:

@@ -178,6 +178,32 @@ def test_read_runs_returns_the_real_runs(real_store: WandBStore) -> None:
     assert runs.loc[RUN_6, "wandb_metadata"]["gpu_count"] == 2
 
 
+@pytest.mark.parametrize("layout", ["B", "A"])
+@pytest.mark.parametrize(
+    "json_columns", [(), ("summary",), ("wandb_metadata",), ("config", "wandb_metadata", "system_attrs")]
+)
+def test_read_runs_decodes_only_the_json_columns_asked_for(
+    store_url: str, sample_runs: pd.DataFrame, sample_history: pd.DataFrame, layout: str, json_columns: tuple
+) -> None:
+    """The frame holds exactly the JSON columns asked for, equal to the full read's; tags and line counts are kept."""
+    if layout == "A":
+        _write_layout_a(store_url, sample_runs, sample_history)
+    with WandBStore(store_url) as store:
+        if layout == "B":
+            store.create_tables()
+            store.store_runs(sample_runs)
+        full = store.read_runs()
+        some = store.read_runs(json_columns=json_columns)
+    dropped = [name for name in ("config", "summary", "wandb_metadata", "system_attrs") if name not in json_columns]
+    pd.testing.assert_frame_equal(some, full.drop(columns=dropped))
+    assert _by_run(some).loc[RUN_1, "tags"] == ["finetune", "hidden"]
+
+
+def test_read_runs_refuses_an_unknown_json_column(real_store: WandBStore) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"json_columns \['raw_data'\].*choose from"):
+        real_store.read_runs(json_columns=["config", "raw_data"])
+
+
 def test_history_round_trips_the_real_rows(real_store: WandBStore, sample_history: pd.DataFrame) -> None:
     history = real_store.read_history(None, SAMPLE_KEYS)
     expected = sample_history.sort_values(["run_id", "step"], ignore_index=True)

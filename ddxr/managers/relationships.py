@@ -39,6 +39,8 @@ from ddxr.vocabulary import OLMES_TASKS, PRIMARY_METRIC, RECIPE_CODES, SIZES
 
 #: Columns of ``WandBStore.read_runs()`` the links are computed from.
 REQUIRED_COLUMNS = ("run_id", "run_name", "state", "created_at", "layout", "config", "wandb_metadata", "tags")
+#: JSON columns of ``WandBStore.read_runs()`` the links read (``system_attrs`` is optional; never ``summary``).
+JSON_COLUMNS = ("config", "wandb_metadata", "system_attrs")
 
 #: Columns of :attr:`RunRelationshipManager.links`, in order.
 LINK_COLUMNS = [

@@ -58,6 +58,7 @@ _STATE = ("run_id", "run_name", "created_at", "digest")  # columns of WandBStore
 _LAYOUT_A_MERGED = ("config", "summary")  # both read layout A's raw_data
 # W&B attributes and launch metadata that some layout-A stores keep in columns next to raw_data: read when present
 _LAYOUT_A_KEPT = ("wandb_metadata", "system_attrs")
+_TAG_SOURCES = ("config", "system_attrs")  # read_runs decodes them for the tags even when not returned
 _NAN_TEXT = r"\s*[+-]?nan\s*"
 _INF_TEXT = re.compile(
     r"\s*[+-]?inf(inity)?\s*", re.IGNORECASE
@@ -290,8 +291,18 @@ class WandBStore:
 
     # ----------------------------------------------------------------------------------------------- reading
 
-    def read_runs(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    def read_runs(
+        self, run_ids: Sequence[str] | None = None, *, json_columns: Sequence[str] = READ_JSON_COLUMNS
+    ) -> pd.DataFrame:
         """All runs (or those of ``run_ids``), one row each, ordered by ``run_id``.
+
+        Parameters
+        ----------
+        run_ids : sequence of str, optional
+            Runs to read (any number: bound as one parameter); None reads every run.
+        json_columns : sequence of str, default all of ``config, summary, wandb_metadata, system_attrs``
+            The JSON columns to read and decode; the others are not in the frame. Decoding is most of the read's
+            time and memory, and ``summary`` (the evaluations) is most of that: pass only what you use.
 
         Returns
         -------
@@ -310,11 +321,19 @@ class WandBStore:
         SourceError
             When a run has no ``run_id``, a JSON cell is not a JSON object (malformed, nested too deep) or
             ``created_at`` cannot be read as a date. NULL JSON cells read as ``{}``, NULL text as ``""``.
+        InvalidArgumentError
+            When ``json_columns`` names a column that is not one of the four.
         """
+        unknown = [name for name in json_columns if name not in READ_JSON_COLUMNS]
+        if unknown:
+            raise InvalidArgumentError(
+                f"read_runs: json_columns {unknown} are not run JSON columns; choose from {list(READ_JSON_COLUMNS)}"
+            )
         schema = self._schema()
         runs = schema.runs
         self._require_columns(runs, (*RUN_TEXT_COLUMNS, "created_at"))
-        stored_json = ("raw_data", *_LAYOUT_A_KEPT) if schema.layout == "A" else READ_JSON_COLUMNS
+        wanted = tuple(name for name in READ_JSON_COLUMNS if name in json_columns)
+        stored_json = _stored_json_columns(wanted, schema.layout)
         stored_json = tuple(name for name in stored_json if name in runs.c)
         # JSON as text, cast in SQL and parsed here: the same code for PostgreSQL's JSONB and SQLite's JSON or TEXT
         # columns, and the driver never decodes JSON itself (a deeply nested cell must name its run, not crash it)
@@ -326,7 +345,7 @@ class WandBStore:
         statement = sa.select(*columns).order_by(runs.c.run_id)
         if run_ids is not None:
             statement = statement.where(any_of(self._url.dialect, runs.c.run_id, _run_id_list(run_ids)))
-        return _runs_frame(self._read_frame(statement), schema.layout)
+        return _runs_frame(self._read_frame(statement), schema.layout, wanted)
 
     def read_run_entries(self, column: str, key_prefix: str, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """Top-level entries of a run JSON column whose key starts with ``key_prefix``, extracted in SQL.
@@ -914,8 +933,16 @@ def _json_members(key: str, values: pd.Series) -> pa.Array:
 # ---------------------------------------------------------------------------------------------------- read helpers
 
 
-def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
-    """Return the read_runs frame from raw SELECT rows."""
+def _stored_json_columns(wanted: Sequence[str], layout: str) -> tuple[str, ...]:
+    """Return the stored JSON columns that the read_runs columns ``wanted`` and the tags are decoded from."""
+    needed = {*wanted, *_TAG_SOURCES}
+    if layout != "A":
+        return tuple(name for name in READ_JSON_COLUMNS if name in needed)
+    return ("raw_data", *(name for name in _LAYOUT_A_KEPT if name in needed))
+
+
+def _runs_frame(raw: pd.DataFrame, layout: str, wanted: Sequence[str]) -> pd.DataFrame:
+    """Return the read_runs frame from raw SELECT rows, with the JSON columns ``wanted``."""
     missing_id = raw["run_id"].isna()
     if missing_id.any():
         raise SourceError(
@@ -929,16 +956,25 @@ def _runs_frame(raw: pd.DataFrame, layout: str) -> pd.DataFrame:
     frame["layout"] = layout
     if layout == "A":
         merged = _dicts(raw["raw_data"], run_ids, "raw_data")
-        dicts = {"config": merged, "summary": merged.map(dict)}
-        dicts |= {name: _dicts(raw[name], run_ids, name) if name in raw else None for name in _LAYOUT_A_KEPT}
+        dicts = {"config": merged}
+        if "summary" in wanted:
+            dicts["summary"] = merged.map(dict)
+        stored = _LAYOUT_A_KEPT
     else:
-        dicts = {name: _dicts(raw[name], run_ids, name) if name in raw else None for name in READ_JSON_COLUMNS}
-    for name, values in dicts.items():
-        frame[name] = values if values is not None else pd.Series([{} for _ in range(len(raw))], dtype=object)
-    frame["tags"] = _tags(frame["system_attrs"], frame["config"])
-    line_counts = pd.to_numeric(frame["system_attrs"].map(operator.methodcaller("get", "historyLineCount")))
+        dicts = {}
+        stored = READ_JSON_COLUMNS
+    dicts |= {name: _dicts(raw[name], run_ids, name) for name in stored if name in raw}
+    for name in wanted:
+        frame[name] = dicts[name] if name in dicts else _empty_dicts(len(raw))
+    attributes = dicts.get("system_attrs", _empty_dicts(len(raw)))
+    frame["tags"] = _tags(attributes, dicts.get("config", _empty_dicts(len(raw))))
+    line_counts = pd.to_numeric(attributes.map(operator.methodcaller("get", "historyLineCount")))
     frame["history_line_count"] = line_counts.astype("Int64")
     return frame
+
+
+def _empty_dicts(rows: int) -> pd.Series:
+    return pd.Series([{} for _ in range(rows)], dtype=object)
 
 
 @dataclass(frozen=True)
