@@ -213,6 +213,19 @@ def test_recent_file_rewritten_in_place_is_read_anew(
         xr.testing.assert_identical(reread.load(), example[0].sel(params="150M"))
 
 
+def test_reading_without_chunks_does_not_import_dask_array(written: Path) -> None:
+    # xarray's decoding of variable-length strings imports dask.array when dask is installed: 0.3-0.5 s of the
+    # first open in a process
+    pytest.importorskip("dask.array")
+    code = (
+        "import sys, ddxr\n"
+        "ddxr.open_dataset(sys.argv[1]).sel(params='150M').to_dataframe(), ddxr.open_runs(sys.argv[1]).load()\n"
+        "print('dask.array' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(written)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False"]
+
+
 @pytest.mark.parametrize(
     "key",
     [[-1, 0, -3], [5, 2, 2, 40], slice(None, None, -2), slice(3, 20, 3), -2, 7, xr.DataArray([[1, 2], [3, -1]])],
