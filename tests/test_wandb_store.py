@@ -367,6 +367,37 @@ def test_store_history_writes_in_chunks_atomically(store_url: str) -> None:
         pd.testing.assert_frame_equal(store.read_history(None, ["loss"]), stored)  # deletes and chunks rolled back
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.lists(st.tuples(st.sampled_from("cab"), st.integers(1, 4)), min_size=1, max_size=8))
+def test_store_history_writes_runs_in_run_id_order(
+    history_store: tuple[WandBStore, sa.Engine], blocks: list[tuple[str, int]]
+) -> None:
+    """Rows are inserted run by run in run_id order (the index grows at its edge), each run's rows as given.
+
+    Blocks of a run may be interleaved with other runs and repeat steps: read back by id, the rows are the input
+    stably sorted by run_id.
+    """
+    store, engine = history_store
+    prefix = f"order-{next(_RUN_IDS)}-"  # examples share the store
+    history = pd.DataFrame(
+        [(prefix + run, step % 3) for run, rows in blocks for step in range(rows)], columns=["run_id", "step"]
+    )
+    history["value"] = np.arange(len(history), dtype="float64")
+    store.chunk_size = 3  # runs cross chunks
+    store.store_history(history)
+    with engine.connect() as connection:
+        stored = connection.execute(
+            sa.text("SELECT run_id, step, metrics FROM wandb_history WHERE run_id LIKE :prefix ORDER BY id"),
+            {"prefix": prefix + "%"},
+        ).all()
+    expected = history.sort_values("run_id", kind="stable")
+    assert [row[0] for row in stored] == expected["run_id"].tolist()
+    assert [row[1] for row in stored] == expected["step"].tolist()
+    assert [_as_float((json.loads(row[2]) if isinstance(row[2], str) else row[2])["value"]) for row in stored] == (
+        expected["value"].tolist()
+    )
+
+
 def test_ten_thousand_run_ids(store_url: str) -> None:
     run_ids = [f"run-{i:05d}" for i in range(10_000)]
     history = pd.DataFrame({"run_id": run_ids, "step": 1, "train_loss": np.arange(10_000) / 8})

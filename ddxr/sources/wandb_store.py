@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from ddxr.coders import equal_runs
 from ddxr.errors import InvalidArgumentError, SourceError
 from ddxr.sources._collector import collector_paused
 from ddxr.sources._copy import copy_tables
@@ -279,14 +280,15 @@ class WandBStore:
         """
         table = self._writable(require_history=True).history
         _check_history_columns(history)
-        run_ids = _run_id_column(history["run_id"], "history").unique().tolist()
+        run_ids = _run_id_column(history["run_id"], "history").to_numpy(dtype=object)
+        order = _run_order(run_ids)
         with self._connect(write=True) as connection:
-            connection.execute(sa.delete(table).where(any_of(self._url.dialect, table.c.run_id, run_ids)))
+            connection.execute(sa.delete(table).where(any_of(self._url.dialect, table.c.run_id, pd.unique(run_ids))))
             # chunk by chunk, so the converted copy, JSON text and CSV buffer follow chunk_size; an invalid chunk
             # rolls the whole call back
             for start in range(0, len(history), self.chunk_size):
-                chunk = _history_rows(history.iloc[start : start + self.chunk_size])
-                bulk_insert(connection, table, chunk, ("metrics",))
+                rows = order[start : start + self.chunk_size]
+                bulk_insert(connection, table, _history_rows(history.iloc[rows]), ("metrics",))
         return len(history)
 
     # ----------------------------------------------------------------------------------------------- reading
@@ -817,6 +819,19 @@ def _finite(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def _run_order(run_ids: np.ndarray) -> np.ndarray:
+    """Return the row order that writes runs in ``run_id`` order, each run's rows in their given order.
+
+    The ``(run_id, step)`` index then grows at its right edge: runs inserted at random places split pages all over
+    an index larger than the server's buffers, which made writing 8.5 M rows several times slower. Only the runs of
+    equal neighbours are compared, not every row.
+    """
+    starts, lengths = equal_runs(run_ids)
+    blocks = np.argsort(run_ids[starts], kind="stable")
+    offsets = np.arange(len(run_ids)) - np.repeat(np.cumsum(lengths[blocks]) - lengths[blocks], lengths[blocks])
+    return np.repeat(starts[blocks], lengths[blocks]) + offsets
 
 
 def _check_history_columns(history: pd.DataFrame) -> None:
