@@ -41,6 +41,9 @@ from ddxr.errors import CacheError
 
 #: Files kept open (with their memo) after their last Dataset is gone; each holds its decoded point index in memory.
 RECENT_FILES = 2
+#: Bytes of decompressed chunks each variable of an open file keeps, so that sweeps repeated on one region of a file
+#: decompress nothing (a few of the writer's 64,000-byte chunks).
+CHUNK_CACHE = 1 << 18
 _ATTEMPTS = 5  # opens of a path that keeps being replaced while it is opened, before giving up
 # All guarded by xarray's netCDF lock, which every read holds too: netCDF-C is not thread-safe, so no read may run
 # while a file opens or closes.
@@ -209,8 +212,24 @@ def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = 
             )
         while _UNCLOSED:
             _UNCLOSED.pop().close()
-        handle = _OPEN[version] = _Handle(netCDF4.Dataset(version.path, mode="r"))
+        handle = _OPEN[version] = _Handle(_opened(version.path))
         return handle
+
+
+def _opened(path: str) -> netCDF4.Dataset:
+    """Open ``path`` read-only, each variable keeping at most :data:`CHUNK_CACHE` bytes of decompressed chunks.
+
+    netCDF-C's default, 64 MiB a variable, keeps every chunk a Dataset ever read while the file is open: a whole
+    medium file loaded once left 1.35 GB behind in a recent file's handle.
+    """
+    dataset = netCDF4.Dataset(path, mode="r")
+    groups = [dataset]
+    while groups:
+        group = groups.pop()
+        groups.extend(group.groups.values())
+        for variable in group.variables.values():
+            variable.set_var_chunk_cache(size=CHUNK_CACHE)
+    return dataset
 
 
 def recent_memo(manager: SharedFileManager) -> dict[str, Any]:
