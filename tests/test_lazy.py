@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from roundtrip import curve_coordinates, example_datasets
 
 import ddxr.handles
@@ -211,6 +213,48 @@ def test_recent_file_rewritten_in_place_is_read_anew(
     assert written.stat().st_ino == inode
     with open_dataset(written) as reread:
         xr.testing.assert_identical(reread.load(), example[0].sel(params="150M"))
+
+
+STEPS = ("open and keep", "open and drop", "close the oldest kept", "rebuild", "rewrite in place", "forget")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(STEPS), min_size=1, max_size=8))
+def test_any_sequence_of_opens_reads_what_each_open_saw(
+    steps: list[str], example: tuple[xr.Dataset, xr.Dataset], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # the recent-file cache must never serve a stale file: each open reads the content at the path then, each kept
+    # Dataset keeps reading the version it opened, and whatever happened, nothing stays open once forgotten
+    contents = [example[0], example[0].sel(params="4M"), example[0].sel(params="150M")]
+    path = write_dataset(contents[0], xr.Dataset(), tmp_path_factory.mktemp("steps") / "cache.nc")
+    current, kept, opened = 0, [], None
+    for number, step in enumerate(steps):
+        if step in ("open and keep", "open and drop"):
+            opened = open_dataset(path)
+            xr.testing.assert_identical(
+                opened.isel(point=slice(0, 9)).load(), contents[current].isel(point=slice(0, 9))
+            )
+            if step == "open and keep":
+                kept.append((opened, current))
+        elif step == "close the oldest kept" and kept:
+            kept.pop(0)[0].close()
+        elif step == "rebuild":
+            current = (current + 1) % len(contents)
+            write_dataset(contents[current], xr.Dataset(), path)
+        elif step == "rewrite in place" and not kept:  # in place under a live Dataset: undefined for any reader
+            current = (current + 1) % len(contents)
+            other = write_dataset(contents[current], xr.Dataset(), path.with_name(f"other{number}.nc"))
+            path.write_bytes(other.read_bytes())
+        elif step == "forget":
+            ddxr.handles.forget()
+        assert len(ddxr.handles._RECENT) <= ddxr.handles.RECENT_FILES
+    for opened, content in kept:
+        xr.testing.assert_identical(opened.load(), contents[content])
+    handles = [handle.dataset for handle in ddxr.handles._OPEN.values()]
+    del kept, opened
+    ddxr.handles.forget()
+    gc.collect()
+    assert not any(handle.isopen() for handle in handles)
 
 
 def test_open_files_keep_few_decompressed_chunks(written: Path) -> None:
