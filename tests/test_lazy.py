@@ -227,7 +227,7 @@ def test_any_sequence_of_opens_reads_what_each_open_saw(
     # Dataset keeps reading the version it opened, and whatever happened, nothing stays open once forgotten
     contents = [example[0], example[0].sel(params="4M"), example[0].sel(params="150M")]
     path = write_dataset(contents[0], xr.Dataset(), tmp_path_factory.mktemp("steps") / "cache.nc")
-    current, kept, opened = 0, [], None
+    current, kept = 0, []
     for number, step in enumerate(steps):
         if step in ("open and keep", "open and drop"):
             opened = open_dataset(path)
@@ -236,6 +236,7 @@ def test_any_sequence_of_opens_reads_what_each_open_saw(
             )
             if step == "open and keep":
                 kept.append((opened, current))
+            del opened  # a dropped Dataset holds nothing
         elif step == "close the oldest kept" and kept:
             kept.pop(0)[0].close()
         elif step == "rebuild":
@@ -248,10 +249,11 @@ def test_any_sequence_of_opens_reads_what_each_open_saw(
         elif step == "forget":
             ddxr.handles.forget()
         assert len(ddxr.handles._RECENT) <= ddxr.handles.RECENT_FILES
-    for opened, content in kept:
+    while kept:
+        opened, content = kept.pop()
         xr.testing.assert_identical(opened.load(), contents[content])
-    handles = [handle.dataset for handle in ddxr.handles._OPEN.values()]
-    del kept, opened
+        del opened
+    handles = [handle.dataset for version, handle in ddxr.handles._OPEN.items() if version.path == str(path)]
     ddxr.handles.forget()
     gc.collect()
     assert not any(handle.isopen() for handle in handles)
