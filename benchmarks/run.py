@@ -68,15 +68,15 @@ TARGETS = {
 class StageMeter:
     """Wall time, CPU time and peak RSS of consecutive stages of this process.
 
-    The peak of a stage is exact when it sets a new high for the process (``ru_maxrss``); otherwise it is the
-    highest RSS a sampling thread saw (every 5 ms) during the stage. Above ``RSS_CAP_GIB`` (environment, default 8)
-    the process stops at once and reports the stages so far, so a run that would exhaust a shared machine's memory
-    fails alone.
+    The peak of a stage is the kernel's high-water mark of this process's memory (``VmHWM``), reset when the stage
+    starts (``/proc/self/clear_refs``). Not ``ru_maxrss``: Linux carries it over ``exec`` from the parent, so a
+    child started by a parent holding the generated store would report the parent's size. Above ``RSS_CAP_GIB``
+    (environment, default 8) a sampling thread (every 5 ms) stops the process at once and reports the stages so far,
+    so a run that would exhaust a shared machine's memory fails alone.
     """
 
     def __init__(self) -> None:
         self.stages: list[dict] = []
-        self._sampled = 0
         self._label = ""
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
@@ -87,31 +87,37 @@ class StageMeter:
         with open("/proc/self/statm") as statm:
             while not self._stop.wait(0.005):
                 statm.seek(0)
-                self._sampled = max(self._sampled, int(statm.read().split()[1]) * self._page)
-                if self._sampled > self._cap:
+                resident = int(statm.read().split()[1]) * self._page
+                if resident > self._cap:
                     aborted = {"stage": self._label, "seconds": float("nan"), "cpu_seconds": float("nan")}
-                    self.stages.append(aborted | {"peak_bytes": self._sampled})
-                    print(json.dumps({"stages": self.stages, "peak_bytes": self._sampled, "aborted": self._label}))
+                    self.stages.append(aborted | {"peak_bytes": resident})
+                    print(json.dumps({"stages": self.stages, "peak_bytes": resident, "aborted": self._label}))
                     sys.stdout.flush()
                     os._exit(0)
 
     @contextmanager
     def stage(self, label: str) -> Iterator[None]:
         before = resource.getrusage(resource.RUSAGE_SELF)
-        self._sampled = 0
         self._label = label
+        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts at the current RSS
         start = time.perf_counter()
         yield
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
-        high = after.ru_maxrss * 1024
-        peak = high if after.ru_maxrss > before.ru_maxrss else self._sampled
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        self.stages.append({"stage": label, "seconds": wall, "cpu_seconds": cpu, "peak_bytes": peak})
+        self.stages.append({"stage": label, "seconds": wall, "cpu_seconds": cpu, "peak_bytes": high_water_mark()})
 
     def close(self) -> dict:
         self._stop.set()
-        return {"stages": self.stages, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        return {"stages": self.stages, "peak_bytes": max((stage["peak_bytes"] for stage in self.stages), default=0)}
+
+
+def high_water_mark() -> int:
+    """Peak resident bytes of this process since it started or since the last reset (``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory needs Linux")
 
 
 def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
@@ -176,8 +182,15 @@ def child_store_read(url: str, run_ids_file: str) -> dict:
     return meter.close() | {"rows": rows}
 
 
+def child_store(url: str, n_runs: str, steps: str, random_seed: str, messy: str) -> dict:
+    """:func:`store_runs` in a process of its own: the generated frames never inflate the parent."""
+    runs, rows = store_runs(url, int(n_runs), int(steps), int(random_seed), messy == "messy")
+    return {"runs": runs, "history_rows": rows}
+
+
 CHILDREN: dict[str, Callable[..., dict]] = {
     "build": child_build,
+    "store": child_store,
     "open": child_open,
     "refresh": child_refresh,
     "store-read": child_store_read,
@@ -227,6 +240,12 @@ def store_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool)
         store.store_history(history)
     vacuum(url)
     return len(runs), len(history)
+
+
+def stored_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool) -> tuple[int, int]:
+    """Return :func:`store_runs` run in a child process."""
+    added = in_child("store", url, str(n_runs), str(steps), str(random_seed), "messy" if messy else "clean")
+    return added["runs"], added["history_rows"]
 
 
 def vacuum(url: str) -> None:
@@ -355,7 +374,7 @@ def run(scale: str, server: str, layout: str) -> dict:
     loads = [os.getloadavg()]
     with throwaway_database(server) as url:
         start = time.perf_counter()
-        stored = store_runs(url, n_runs, steps, random_seed=0, messy=True)
+        stored = stored_runs(url, n_runs, steps, random_seed=0, messy=True)
         print(
             f"{scale}: stored {stored[0]:,} runs and {stored[1]:,} history rows in {time.perf_counter() - start:.0f} s"
         )
@@ -370,7 +389,7 @@ def run(scale: str, server: str, layout: str) -> dict:
             floors = [floor(url, json.loads(run_ids.read_text())) for _ in range(2)]
             reads = [in_child("store-read", url, str(run_ids)) for _ in range(2)]
             loads.append(os.getloadavg())
-            added = store_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False)
+            added = stored_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False)
             refresh = in_child("refresh", str(data_dir), url, str(work))
             loads.append(os.getloadavg())
         finally:
