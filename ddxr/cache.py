@@ -92,6 +92,7 @@ _COMPRESSION = {"zlib": True, "complevel": 1}
 _CHUNK_BYTES = 64_000
 _CONTIGUOUS_READ = 1 << 14  # points read at a time from a variable stored without chunks
 _WRITE_CHUNK_CACHE = 1 << 20  # bytes of chunks each variable keeps in memory while the file is written
+_WRITE_SLICE_BYTES = 1 << 25  # bytes of a plain string copy gathered at a time while it is written
 _NEAR_UNIQUE_CODES = 4  # bytes per code (int32): codes of a table of 32,767 values or more are stored uncompressed
 _INDEXES_ATTR = "ddxr_indexes"  # indexed coordinates that are not dimension coordinates (runs: run_id along run)
 _COORDINATES_ATTR = "ddxr_coordinates"  # the point variables ddxr restores as coordinates
@@ -517,17 +518,54 @@ class _WriteStore(xr.backends.NetCDF4DataStore):
     than compressing). With a small cache each chunk is compressed and written out as soon as it is complete.
     """
 
+    def encode(self, variables: dict, attributes: dict) -> tuple[dict, dict]:
+        """Encode as xarray does, except the plain string copies (:class:`_Gathered`): they stay lazy.
+
+        xarray would turn a whole copy into characters at once (1.3 GB for ``run_id`` at 10 M points); each copy's
+        encoding (dimensions, attributes) is taken from its first string.
+        """
+        gathered = {name: values for name, variable in variables.items() if (values := _gathered(variable))}
+        firsts = {name: variables[name][:1].load() for name in gathered}
+        encoded, attributes = super().encode({**variables, **firsts}, attributes)
+        for name, values in gathered.items():
+            first = encoded[name]
+            lazy = indexing.LazilyIndexedArray(values.characters())
+            encoded[name] = xr.Variable(first.dims, lazy, first.attrs, first.encoding)
+        return encoded, attributes
+
     def prepare_variable(
         self, name: Hashable, variable: xr.Variable, check_encoding: bool = False, unlimited_dims: Any = None
     ) -> tuple[Any, Any]:
-        """Create the variable as xarray does, with a small chunk cache."""
+        """Create the variable as xarray does, with a small chunk cache; a plain string copy is written in slices."""
+        characters = _gathered(variable)
         target, source = super().prepare_variable(
-            name, variable, check_encoding=check_encoding, unlimited_dims=unlimited_dims
+            name, variable[:0] if characters else variable, check_encoding=check_encoding, unlimited_dims=unlimited_dims
         )
         created = self.ds.variables[name]
         if created.chunking() != "contiguous":
             created.set_var_chunk_cache(size=_WRITE_CHUNK_CACHE)
-        return target, source
+        return (_InSlices(target), characters) if characters else (target, source)
+
+
+class _InSlices:
+    """A variable's target that writes a lazily gathered source :data:`_WRITE_SLICE_BYTES` at a time along ``point``."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __setitem__(self, key: Any, source: _Gathered) -> None:
+        step = max(1, _WRITE_SLICE_BYTES // max(1, source.row_bytes))
+        for start in range(0, source.shape[0], step):
+            self.target[start : start + step] = source[indexing.BasicIndexer((slice(start, start + step),))]
+
+
+def _gathered(variable: xr.Variable) -> _Gathered | None:
+    """Return the :class:`_Gathered` values of a variable, else None (also once it was indexed: then it is not all)."""
+    data = variable._data  # xarray's own wrapper; .data would read it
+    if isinstance(data, indexing.LazilyIndexedArray) and isinstance(data.array, _Gathered):
+        if all(isinstance(key, slice) and key == slice(None) for key in data.key.tuple):
+            return data.array
+    return None
 
 
 def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
@@ -547,19 +585,26 @@ def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
 
 
 class _Gathered(BackendArray):
-    """The values of a table at given codes, gathered when read."""
+    """The values of a table at given codes (along the first dimension), gathered when read."""
 
     def __init__(self, table: np.ndarray, codes: np.ndarray) -> None:
         self.table = table
         self.codes = codes
-        self.shape = codes.shape
+        self.shape = codes.shape + table.shape[1:]
         self.dtype = table.dtype
+        self.row_bytes = table[:1].nbytes
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        return self.table[self.codes[key]]
+        values = self.table[self.codes[key[0]]]
+        return values[(slice(None), *key[1:])] if len(key) > 1 else values
+
+    def characters(self) -> _Gathered:
+        """Return the fixed-width strings as netCDF characters: one more dimension, one byte each."""
+        width = self.table.dtype.itemsize
+        return _Gathered(self.table.view("S1").reshape(len(self.table), width), self.codes)
 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
