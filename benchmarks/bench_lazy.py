@@ -13,12 +13,17 @@ Prints, per measurement: wall and CPU seconds, the peak resident memory right af
     python benchmarks/bench_lazy.py [--file /tmp/ddxr-bench.nc] [--metric NAME] [--threads 2] [--chunk 262144]
                                     [--post-lineages 2000] [--steps 1000]
 
-On the large build (10,000 runs: 10.17 M points x 159 variables, 412 MB; ``olmes_9_average``; load 3.7) every
-analysis completes with equal results with and without chunks, but memory is not bounded by the chunks: peaks
-4.0-4.5 GiB with ``chunks={"point": 262144}`` (mean_over_seeds 38.6 s wall / 24.3 s CPU / 4.5 GiB, at_tokens 19.0 /
-15.3 / 4.1 GiB, decision_accuracy 12.4 / 8.6 / 4.0 GiB) and 9.7 GiB for mean_over_seeds without chunks (the open's
-memory cache, xarray's, keeps each metric read). ``frames.point_coords`` holds 3.3 GiB of it: pandas turns each
-string coordinate into Arrow text, 1 GB for ``lineage`` and 0.96 GB for ``run_id`` alone.
+On the large build (10,000 runs: 10.17 M points x 159 variables, 412 MB; ``olmes_9_average``; load 3.2-3.5) every
+analysis gives the same result with and without chunks ({"point": 262144}, 2 threads):
+
+    measurement            chunks  wall s  CPU s  peak GiB
+    mean_over_seeds        none     39.6    26.8     7.67   (the open's memory cache keeps every metric read)
+    mean_over_seeds        262144   29.8    20.3     1.96
+    at_tokens              262144   20.5    15.2     1.96
+    decision_accuracy      262144    6.9     6.7     1.92
+
+With chunks the peak is the point table of ``frames.point_coords`` (one row per point) plus a batch of metrics. It
+was 4.0-4.5 GiB while that table copied every point's text into Arrow strings (1 GB for ``lineage`` alone).
 """
 
 from __future__ import annotations

@@ -112,14 +112,23 @@ def point_coords(ds: xr.Dataset) -> pd.DataFrame:
     index = ds.indexes.get("point")
     levels = set(index.names) if isinstance(index, pd.MultiIndex) else set()
     # index levels straight from the index: one string per distinct value and its codes, where converting the
-    # level coordinate to numpy would create a Python string per point (hundreds of MB on large files)
-    return pd.DataFrame(
-        {
-            name: index.get_level_values(name) if name in levels else ds[name].to_numpy()
-            for name in (*POINT_COORDS, *extra)
-            if name != "point"
-        }
-    )
+    # level coordinate to numpy would create a Python string per point (hundreds of MB on large files); strings stay
+    # Python objects shared by the points (pandas would copy each point's text into Arrow: 2.5 GB at 10 M points)
+    columns = {
+        name: _level_values(index, name) if name in levels else ds[name].to_numpy()
+        for name in (*POINT_COORDS, *extra)
+        if name != "point"
+    }
+    return pd.DataFrame({name: pd.Series(values, dtype=values.dtype, copy=False) for name, values in columns.items()})
+
+
+def _level_values(index: pd.MultiIndex, name: str) -> np.ndarray:
+    """Values of one index level per point; text as the level's own string objects, taken by the level codes."""
+    position = index.names.index(name)
+    level, codes = index.levels[position], index.codes[position]
+    if level.dtype.kind in "biuf" or (codes < 0).any():
+        return index.get_level_values(name).to_numpy()
+    return level.to_numpy(dtype=object)[codes]
 
 
 def point_order(points: pd.DataFrame) -> np.ndarray:

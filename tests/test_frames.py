@@ -359,6 +359,18 @@ def test_extra_point_coordinates_become_columns(sweep: xr.Dataset) -> None:
         to_frame(sweep, prefix="each")
 
 
+def test_point_coords_share_one_string_object_per_distinct_value(sweep: xr.Dataset) -> None:
+    # a point table of 10 M points would otherwise copy every point's text (2.5 GB of Arrow strings at large scale)
+    # (a file's other string coordinates are gathered from tables of distinct values when read: objects kept)
+    points = frames.point_coords(sweep)
+    for name in ("lineage", "params", "data", "run_id", "run_type"):
+        assert points[name].dtype == object
+        assert points[name].tolist() == sweep[name].values.tolist()
+    for level in ("lineage", "params", "data"):  # the index level's own strings, not one object per point
+        assert len({id(value) for value in points[level]}) == points[level].nunique()
+    assert points["cumulative_tokens"].dtype == np.float64 and points["step"].dtype == np.int64
+
+
 def test_to_frame_reads_a_lazily_opened_netcdf_file(sweep: xr.Dataset, tmp_path: Path) -> None:
     cf_xarray.encode_multi_index_as_compress(sweep, "point").to_netcdf(tmp_path / "sweep.nc", engine="netcdf4")
     opened = xr.open_dataset(tmp_path / "sweep.nc", engine="netcdf4", chunks={})
