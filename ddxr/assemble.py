@@ -61,6 +61,7 @@ def assemble_curves(
     variables: Sequence[str],
     variable_attrs: Callable[[str], dict],
     attrs: dict | None = None,
+    lineage_created: pd.Series | None = None,
 ) -> xr.Dataset:
     """Build the curves Dataset.
 
@@ -83,12 +84,15 @@ def assemble_curves(
         Attributes of a variable by name (``EvaluationManager.variable_attrs``).
     attrs : dict, optional
         Dataset attributes.
+    lineage_created : pandas.Series, optional
+        Creation time of each post-training lineage's leaf run, indexed by lineage id: the point order of
+        :func:`lineage_ranks`. Without it, lineages are in id order.
 
     Returns
     -------
     xarray.Dataset
     """
-    order = _point_order(points)
+    order = _point_order(points, lineage_created)
     # only the key columns are sorted as a table; the others are sorted one by one as they become variables
     keys = points[list(dict.fromkeys((*LEVELS, *KEYS)))].take(order).reset_index(drop=True)
     validate_points(keys)
@@ -111,14 +115,44 @@ def assemble_curves(
     return dataset
 
 
-def _point_order(points: pd.DataFrame) -> np.ndarray:
-    """Positions that sort points by lineage, pretraining phase first, cumulative tokens and step (stable).
+def lineage_ranks(lineages: pd.Index, created: pd.Series | None) -> np.ndarray:
+    """Rank of each lineage in the point order: pretraining-only lineages, then post-training ones by creation.
+
+    Pretraining-only lineages (absent from ``created``) come first, by id; then post-training lineages by their leaf
+    run's creation time (unknown first), then id. New runs are normally the newest: their lineages sort last, so a
+    refresh that adds them appends to the file (:mod:`ddxr.refresh`).
+
+    Parameters
+    ----------
+    lineages : pandas.Index
+        Distinct lineage ids, sorted.
+    created : pandas.Series or None
+        Leaf creation time (datetime64, NaT when unknown) indexed by post-training lineage id; None: id order.
+    """
+    if created is None:
+        return np.arange(len(lineages))
+    stamps = pd.DatetimeIndex(created.reindex(lineages)).asi8  # NaT is the smallest integer: unknown first
+    order = np.lexsort((np.arange(len(lineages)), stamps, lineages.isin(created.index)))
+    ranks = np.empty(len(lineages), dtype=np.int64)
+    ranks[order] = np.arange(len(lineages))
+    return ranks
+
+
+def lineage_created(runs: pd.DataFrame) -> pd.Series:
+    """Creation time of each linked run (the lineage it is the leaf of) from a runs table, for :func:`lineage_ranks`."""
+    linked = runs[runs["link_status"] == "linked"]
+    return pd.Series(linked["created_at"].to_numpy(), index=pd.Index(linked["run_id"], dtype=object))
+
+
+def _point_order(points: pd.DataFrame, created: pd.Series | None = None) -> np.ndarray:
+    """Positions that sort points by lineage (:func:`lineage_ranks`), pretraining phase first, tokens and step.
 
     The progression lays each phase of a lineage out in token and step order already: sorting by lineage and phase
     alone then gives the same order (checked in one pass) at a fraction of the cost of sorting by all four keys.
     """
-    lineage, _ = level_codes(points["lineage"])
-    group = 2 * lineage.astype(np.int64) + ~points["pretraining_phase"].to_numpy(bool)
+    lineage, values = level_codes(points["lineage"])
+    rank = lineage_ranks(pd.Index(values), created)[lineage]
+    group = 2 * rank + ~points["pretraining_phase"].to_numpy(bool)
     tokens, step = points["cumulative_tokens"].to_numpy(), points["step"].to_numpy()
     order = np.argsort(group, kind="stable")
     same, ordered_tokens, ordered_step = group[order], tokens[order], step[order]

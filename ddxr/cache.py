@@ -51,6 +51,7 @@ from ddxr._version import __version__
 from ddxr.coders import (
     CODES_SUFFIX,
     DECODES_ATTR,
+    VALUE_DIM_SUFFIX,
     VALUES_ATTR,
     VALUES_SUFFIX,
     CategoricalCoder,
@@ -76,6 +77,8 @@ SCHEMA_VERSION: int = 3
 ENGINE = "netcdf4"
 #: Group of the runs table inside a cache file.
 RUNS_GROUP = "runs"
+#: Group of what an incremental refresh compares the sources with (:mod:`ddxr.refresh`); no open reads it.
+BASIS_GROUP = "refresh_basis"
 #: CF conventions the file follows.
 CONVENTIONS = "CF-1.8"
 #: How to read a file without ddxr, in one sentence (attribute ``ddxr_decoding`` of both groups).
@@ -94,6 +97,9 @@ _CONTIGUOUS_READ = 1 << 14  # points read at a time from a variable stored witho
 _WRITE_CHUNK_CACHE = 1 << 20  # bytes of chunks each variable keeps in memory while the file is written
 _WRITE_SLICE_BYTES = 1 << 25  # bytes of a plain string copy gathered at a time while it is written
 _NEAR_UNIQUE_CODES = 4  # bytes per code (int32): codes of a table of 32,767 values or more are stored uncompressed
+# elements per chunk of what is stored uncompressed along an unlimited dimension (tables, near-unique codes): a few
+# large chunks, read whole at disk speed (HDF5 stores nothing contiguously along an unlimited dimension)
+_PLAIN_CHUNK = 1 << 20
 _INDEXES_ATTR = "ddxr_indexes"  # indexed coordinates that are not dimension coordinates (runs: run_id along run)
 _COORDINATES_ATTR = "ddxr_coordinates"  # the point variables ddxr restores as coordinates
 # describe the file, not the data: not part of the decoded Dataset
@@ -108,7 +114,9 @@ _IMMUTABLE = (str, bytes, int, float, np.generic, np.dtype, type(None))  # attri
 _CURVES_MEMO = "curves"  # a recent file's memo: (drop list, curves as decoded), see _remembered_curves
 
 
-def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Path:
+def write_dataset(
+    curves: xr.Dataset, runs: xr.Dataset, path: str | Path, basis: Mapping[str, bytes] | None = None
+) -> Path:
     """Write the curves and the runs table to one netCDF file, atomically.
 
     Parameters
@@ -119,6 +127,9 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
         The runs table (dimension ``run``); written as group ``runs``.
     path : str or pathlib.Path
         Target file; its folder is created if needed. An existing file is replaced only once the new one is complete.
+    basis : mapping of str to bytes, optional
+        What a later incremental refresh compares the sources with (:mod:`ddxr.refresh`), kept in group
+        :data:`BASIS_GROUP`, which no open reads.
 
     Returns
     -------
@@ -140,6 +151,9 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
 
     The curves are written one variable at a time, and their data variables are read only then: lazily indexed
     metrics (e.g. computed on access) are loaded one by one as they are written, so memory holds one at a time.
+
+    ``point``, the dimensions of the tables of distinct values and ``run`` are unlimited, so that a refresh can
+    grow the file in place (:func:`ddxr.refresh.refresh_file`).
     """
     path = Path(path)
     encoded_curves, encoded_runs = encode(curves, runs)
@@ -149,7 +163,13 @@ def write_dataset(curves: xr.Dataset, runs: xr.Dataset, path: str | Path) -> Pat
         store = _WriteStore.open(target, mode="w")
         try:
             _dump_by_variable(encoded_curves, store)
-            encoded_runs.dump_to_store(store.get_child_store(RUNS_GROUP), encoding=_encodings(encoded_runs))
+            encoded_runs.dump_to_store(
+                store.get_child_store(RUNS_GROUP),
+                encoding=_encodings(encoded_runs),
+                unlimited_dims=[RUN_DIM] if RUN_DIM in encoded_runs.dims else [],
+            )
+            if basis is not None:
+                write_basis(store.ds, basis)
         finally:
             store.close()
 
@@ -243,10 +263,13 @@ def encode(curves: xr.Dataset, runs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset
         As :func:`write_dataset`.
     """
     curves = _checked_curves(curves)
+    return _encode_curves(_stamped(curves)), encode_runs(runs)
+
+
+def encode_runs(runs: xr.Dataset) -> xr.Dataset:
+    """Return the runs table as ddxr stores it (see :func:`encode`)."""
     _check_strings(runs, RUNS_GROUP)
-    encoded_curves = _encode_curves(_stamped(curves))
-    encoded_runs = _encode_variables(_encode_indexes(_stamped(runs.drop_encoding())))
-    return encoded_curves, encoded_runs
+    return _encode_variables(_encode_indexes(_stamped(runs.drop_encoding())))
 
 
 def decode_curves(
@@ -328,7 +351,11 @@ def fingerprint(parts: Mapping[str, object]) -> str:
 
 
 def cached_build(
-    path: str | Path, build: Callable[[], tuple[xr.Dataset, xr.Dataset]], *, refresh: bool = False
+    path: str | Path,
+    build: Callable[[], tuple],
+    *,
+    refresh: bool = False,
+    update: Callable[[Path], bool] | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Open the cache file at ``path``, building and writing it first when missing or when ``refresh`` is set.
 
@@ -342,9 +369,13 @@ def cached_build(
     path : str or pathlib.Path
         Cache file.
     build : callable
-        Returns ``(curves, runs)``; called at most once, only when the file must be (re)built.
+        Returns ``(curves, runs)`` or ``(curves, runs, basis)`` (see :func:`write_dataset`); called at most once,
+        only when the file must be (re)built.
     refresh : bool
-        Rebuild even if the file exists.
+        Rebuild even if the file exists (``update`` is not tried).
+    update : callable, optional
+        Tries to write the file without a build (an incremental refresh of an older file): called with a temporary
+        path in the target folder, returns whether it wrote it; when it did not, ``build`` runs.
 
     Returns
     -------
@@ -362,7 +393,9 @@ def cached_build(
         with filelock.FileLock(f"{path}.lock"):
             if refresh or not path.exists():  # another builder may have finished while we waited
                 remove_leftover_temporaries(path)
-                write_dataset(*build(), path)
+                if refresh or update is None or not replace_atomically(path, update):
+                    curves, runs, *basis = build()
+                    write_dataset(curves, runs, path, *basis)
     return open_dataset(path), open_runs(path)
 
 
@@ -488,6 +521,8 @@ def _encodings(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
         encodings[name] = encoding = dict(variable.encoding)
         near_unique_codes = DECODES_ATTR in variable.attrs and variable.dtype.itemsize >= _NEAR_UNIQUE_CODES
         long = variable.dims[:1] in ((POINT_DIM,), (RUN_DIM,))  # not a table of distinct values
+        if variable.ndim == 1 and variable.dims[0] != RUN_DIM and (near_unique_codes or not long):
+            encoding["chunksizes"] = (min(_PLAIN_CHUNK, max(variable.size, 1)),)
         if variable.size == 0 or variable.dtype.kind not in "biufMS" or near_unique_codes or not long:
             continue
         encoding.update(_COMPRESSION, shuffle=variable.dtype.kind != "S")
@@ -505,9 +540,12 @@ def _dump_by_variable(ds: xr.Dataset, store: _WriteStore) -> None:
     indexed variable is read only while it is written, and freed before the next.
     """
     encodings = _encodings(ds)
+    # the point dimension and the tables' grow when a refresh appends (ddxr.refresh)
+    unlimited = [dim for dim in ds.dims if dim == POINT_DIM or str(dim).endswith(VALUE_DIM_SUFFIX)]
     xr.Dataset(attrs=ds.attrs).dump_to_store(store)
     for name, variable in ds.variables.items():
-        xr.Dataset({name: variable}).dump_to_store(store, encoding={name: encodings[name]})
+        own = [dim for dim in unlimited if dim in variable.dims]
+        xr.Dataset({name: variable}).dump_to_store(store, encoding={name: encodings[name]}, unlimited_dims=own)
 
 
 class _WriteStore(xr.backends.NetCDF4DataStore):
@@ -579,6 +617,8 @@ def _as_utf8_bytes(ds: xr.Dataset) -> xr.Dataset:
         codes = f"{name}{CODES_SUFFIX}"
         if variable.dims == (POINT_DIM,) and variable.dtype.kind in "OUT" and codes in ds.variables and variable.size:
             table = np.array([value.encode("utf-8") for value in ds[f"{name}{VALUES_SUFFIX}"].values.tolist()])
+            # room to spare, so that a refresh can append longer strings in place (trailing NULs compress to nothing)
+            table = table.astype(f"S{-(-table.dtype.itemsize * 3 // 16) * 8}")  # 1.5 x the longest, in 8s
             utf8 = indexing.LazilyIndexedArray(_Gathered(table, ds[codes].values))
             copies[name] = xr.Variable(variable.dims, utf8, attrs={**variable.attrs, "_Encoding": "utf-8"})
     return _replaced(ds, copies, ds.attrs)
@@ -607,17 +647,51 @@ class _Gathered(BackendArray):
         return _Gathered(self.table.view("S1").reshape(len(self.table), width), self.codes)
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file in the target folder, then rename it over ``path`` (atomic on one file system)."""
+def replace_atomically(path: Path, write: Callable[[Path], bool | None]) -> bool:
+    """Write to a temporary file in the target folder, then rename it over ``path`` (atomic on one file system).
+
+    ``write`` may return False to give up: ``path`` is then left as it was. Returns whether ``path`` was replaced.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        write(temporary)
+        if write(temporary) is False:
+            return False
         os.replace(temporary, path)
+        return True
     except OSError as error:
         raise CacheError(f"{path}: cannot write the cache file ({error}); check the folder is writable") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_basis(file: Any, basis: Mapping[str, bytes]) -> None:
+    """Write (or overwrite) the refresh basis of an open netCDF4 file: one byte variable per entry, in the basis group.
+
+    Each variable grows along its own unlimited dimension; attribute ``size`` says how many of its bytes are its own.
+    """
+    group = file.groups.get(BASIS_GROUP) or file.createGroup(BASIS_GROUP)
+    for key, content in basis.items():
+        if key not in group.variables:
+            group.createDimension(f"{key}_byte", None)
+            group.createVariable(key, np.uint8, (f"{key}_byte",), zlib=False, chunksizes=(_PLAIN_CHUNK,))
+        data = np.frombuffer(content, dtype=np.uint8)
+        group[key][: len(data)] = data
+        group[key].setncattr("size", len(data))
+
+
+def read_basis(path: Path) -> dict[str, bytes] | None:
+    """Return the refresh basis of a cache file (:func:`write_basis`); None when it has none or cannot be read."""
+    manager = open_shared(path)
+    try:
+        group = manager.acquire().groups.get(BASIS_GROUP)
+        if group is None:
+            return None
+        return {key: bytes(variable[: variable.getncattr("size")].data) for key, variable in group.variables.items()}
+    except (*_READ_ERRORS, CacheError):
+        return None
+    finally:
+        manager.close()
 
 
 # --- decoding -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
@@ -20,31 +19,23 @@ import pyarrow as pa
 import xarray as xr
 
 from ddxr._version import __version__
-from ddxr.assemble import assemble_curves, assemble_runs
+from ddxr.assemble import assemble_curves, assemble_runs, lineage_created
 from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint
 from ddxr.errors import SelectionError
 from ddxr.frames import to_frame
 from ddxr.index import select
 from ddxr.managers.evaluations import EvaluationManager
-from ddxr.managers.progression import HISTORY_KEYS, REPORT_RUN_IDS, PretrainingSeeds, TrainingProgressionManager
+from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
 from ddxr.managers.relationships import JSON_COLUMNS as LINK_JSON_COLUMNS
 from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.progress import progress_bar
+from ddxr.refresh import BUILD_CODE, Basis, StoreState, frame_digest, refresh_file
+from ddxr.report import build_report, runs_table
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.stage_cache import HistoryRead, StageCache
 from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
 
-#: Columns of the runs table carried into the runs Dataset besides the links.
-_RUN_FACTS = (
-    "n_history_rows",
-    "history_rows_skipped",
-    "duplicate_steps",
-    "tokens_repaired",
-    "loss_summed",
-    "tokens_estimated",
-    "last_step",
-)
 _KEYS = ["params", "data", "seed", "step"]
 
 
@@ -97,6 +88,11 @@ class DataDecideNext:
         self.evaluations = EvaluationManager(metrics)
         self.stage_cache = StageCache(self.cache_dir / "stages")
         self._read_for: Path | None = None  # the cache file the managers below were read for
+        self.store_state: StoreState | None = None  # the store as the last fingerprint saw it
+        #: ``(previous file, runs read from the store)`` when the last build was an incremental refresh, else None
+        self.refreshed_from: tuple[Path, list[str]] | None = None
+        #: how the last build was made: "refreshed <file>", or why it was a full build
+        self.refresh_note = ""
 
     # ------------------------------------------------------------------ sources and managers
     @cached_property
@@ -171,13 +167,37 @@ class DataDecideNext:
         return {"datadecide": self.pretraining.source, "wandb_store": self.wandb.url_redacted}
 
     def fingerprint(self) -> str:
-        """Digest of the DataDecide files, the store's row counts and timestamps, the options and schema version."""
+        """Digest of the DataDecide files, each run's state and history snapshot, the options and schema version.
+
+        The store's state is kept (:attr:`store_state`) for the build or refresh that follows.
+        """
+        states, snapshot = self.wandb.run_states(), self.wandb.history_snapshot()
+        self.store_state = StoreState(states, snapshot)
         return fingerprint(
             {
                 "datadecide": self.pretraining_source.file_stats(),
-                "wandb_store": self.wandb.stats(),
+                "wandb_store": {
+                    "url": self.wandb.url_redacted,
+                    "layout": self.wandb.layout,
+                    "runs": frame_digest(states),
+                    "history": frame_digest(snapshot),
+                },
                 "options": self.options(),
                 "schema_version": SCHEMA_VERSION,
+            }
+        )
+
+    def basis_key(self) -> str:
+        """Return what a previous file must share with the current sources to be refreshed (:mod:`ddxr.refresh`).
+
+        The DataDecide files, the store (its URL and layout), the options, the schema and ddxr's own build code.
+        """
+        return fingerprint(
+            {
+                "datadecide": self.pretraining_source.file_stats(),
+                "store": [self.wandb.url_redacted, self.wandb.layout],
+                "options": self.options(),
+                "code": [__version__, BUILD_CODE],
             }
         )
 
@@ -223,70 +243,55 @@ class DataDecideNext:
         return linked
 
     def _assemble(self) -> tuple[xr.Dataset, xr.Dataset]:
-        post_metrics, _ = self._posttraining_evaluations
+        post_metrics, issues = self._posttraining_evaluations
         available = [*self._pretraining_metrics.columns, *post_metrics.columns, "train_loss", "lr_at_step"]
         points, metric_table = self.training.points(), self.training.metric_table
-        attrs = self._provenance()
-        runs = assemble_runs(self.runs_table())
+        report = self.build_report()
+        attrs = self._provenance(report)
+        runs_table = self.runs_table()
+        runs = assemble_runs(runs_table)
+        variables = self.evaluations.variables(available)
+        self._basis = Basis.of_build(self, runs_table, issues, list(post_metrics.index), available, variables).encoded()
         # the progression manager (cleaned history, point table) and the raw DataDecide table are as large as the
         # curves' coordinates: let go before the curves are made (the points live on until then); rebuilt if used
         self._forget("training", "pretraining")
         # what the sources' Arrow tables left in pyarrow's pool would otherwise stay mapped through the write
         pa.default_memory_pool().release_unused()
-        variables = self.evaluations.variables(available)
-        curves = assemble_curves(points, metric_table, post_metrics, variables, self.evaluations.variable_attrs, attrs)
+        curves = assemble_curves(
+            points,
+            metric_table,
+            post_metrics,
+            variables,
+            self.evaluations.variable_attrs,
+            attrs,
+            lineage_created(runs_table),
+        )
         return curves, runs
 
     def runs_table(self) -> pd.DataFrame:
         """One row per W&B run: links, hyperparameters, state and what the build did with it."""
-        links = self.relationships.links.drop(columns=["config", "summary"], errors="ignore")
-        facts = self.training.run_facts.reindex(columns=list(_RUN_FACTS))
-        table = links.merge(facts, left_on="run_id", right_index=True, how="left")
-        skipped = pd.Series(self.training.report.skipped_runs, dtype="str")
-        table["skip_reason"] = np.where(table["run_id"].isin(skipped.index), table["run_id"].map(skipped), "")
-        table["in_curves"] = (table["link_status"] == "linked") & (table["skip_reason"] == "")
-        return table
+        return runs_table(self.relationships.links, self.training)
 
     def build_report(self) -> dict:
         """Return what the build read, linked, repaired, estimated and skipped, with reasons (JSON-able)."""
         training = self.training  # reads the history, which counts its unreadable values
-        orphans = self.wandb.orphan_history_rows()  # history no run row claims: in no lineage, so counted here
-        links = self.relationships.links
         _, eval_issues = self._posttraining_evaluations
-        eval_skips = eval_issues[eval_issues["skipped"]]
-        unlinked = links.loc[links["link_status"] != "linked", "link_reason"]
-        return {
-            "pretraining": {
-                "rows": len(self.pretraining.table),
-                "skipped_cells": len(self.pretraining.skipped),
-                "skipped_by_reason": _counts(self.pretraining.skipped.get("reason")),
-            },
-            "runs_read": len(links),
-            "runs_by_type": _counts(links["run_type"]),
-            "runs_by_state": _counts(links["state"]),
-            "runs_linked": int((links["link_status"] == "linked").sum()),
-            "runs_unlinked": len(unlinked),
-            "runs_unlinked_run_ids": _run_ids(links.loc[unlinked.index, "run_id"]),
-            "unlinked_by_reason": _counts(unlinked),
-            "runs_with_conflicting_sources": int((links["conflicts"] != "").sum()),
-            "runs_with_conflicting_sources_run_ids": _run_ids(links.loc[links["conflicts"] != "", "run_id"]),
-            "learning_rate_sources": _counts(links["learning_rate_source"]),
-            "runs_learning_rate_unknown": int(links["learning_rate"].isna().sum()),
-            "runs_learning_rate_unknown_run_ids": _run_ids(links.loc[links["learning_rate"].isna(), "run_id"]),
-            "evaluations_skipped": len(eval_skips),
-            "evaluations_skipped_run_ids": _run_ids(eval_skips["run_id"]),
-            "evaluations_skipped_by_reason": _counts(eval_skips["reason"]),
-            "evaluation_discrepancies_resolved": int((~eval_issues["skipped"]).sum()),
-            "history_values_not_numeric": dict(self._history.coercions),
-            "history_rows_without_a_run": sum(orphans.values()),
-            "history_run_ids_without_a_run": sorted(orphans)[:20],
-            "progression": training.report.as_dict(),
-            "runs_skipped": len(training.report.skipped_runs),
-            "runs_skipped_run_ids": _run_ids(pd.Series(list(training.report.skipped_runs), dtype=object)),
-            "skipped_by_reason": _counts(pd.Series(training.report.skipped_runs, dtype=object)),
-        }
+        links = self.relationships.links
+        coercions, orphans = self._history.coercions, self.orphans(links)
+        return build_report(self.pretraining, links, eval_issues, coercions, orphans, training.report)
 
-    def _provenance(self) -> dict:
+    def orphans(self, links: pd.DataFrame) -> dict[str, int]:
+        """History rows no run row claims, per run id (from the store's history snapshot): in no lineage."""
+        snapshot = self._state().snapshot
+        orphaned = snapshot[~snapshot["run_id"].isin(links["run_id"])]
+        return dict(zip(orphaned["run_id"], orphaned["rows"].astype(int), strict=True))
+
+    def _state(self) -> StoreState:
+        if getattr(self, "store_state", None) is None:
+            self.fingerprint()
+        return self.store_state
+
+    def _provenance(self, report: dict) -> dict:
         return {
             "ddxr_version": __version__,
             "schema_version": SCHEMA_VERSION,
@@ -294,7 +299,7 @@ class DataDecideNext:
             "sources": json.dumps(self.sources()),
             "fingerprint": self._read_for.stem.removeprefix("ddxr-"),
             "build_options": json.dumps(self.options()),
-            "build_report": json.dumps(self.build_report()),
+            "build_report": json.dumps(report),
         }
 
     def _current_cache_path(self) -> Path:
@@ -322,18 +327,35 @@ class DataDecideNext:
     def dataset(self, refresh: bool = False) -> xr.Dataset:
         """Return the curves Dataset: opened from the cache when the sources are unchanged, else built and cached.
 
+        When the cache holds a file of the same DataDecide files, options and store from before the store gained
+        or changed runs, that file is refreshed (only what changed is read and laid out; see :mod:`ddxr.refresh`)
+        instead of a full build; :attr:`refreshed_from` then names it and the runs read.
+
         Parameters
         ----------
         refresh : bool, default False
-            Rebuild even if a fresh cache file exists.
+            Rebuild in full even if a fresh cache file exists.
         """
-        curves, _ = cached_build(self._current_cache_path(), self.build, refresh=refresh)
-        return curves
+        return self._cached(refresh)[0]
 
     def runs(self, refresh: bool = False) -> xr.Dataset:
         """Return the runs Dataset (dim ``run``), from the same cache file as :meth:`dataset`."""
-        _, runs = cached_build(self._current_cache_path(), self.build, refresh=refresh)
-        return runs
+        return self._cached(refresh)[1]
+
+    def _cached(self, refresh: bool) -> tuple[xr.Dataset, xr.Dataset]:
+        path = self._current_cache_path()
+
+        def build() -> tuple[xr.Dataset, xr.Dataset, dict[str, bytes]]:
+            self.refreshed_from = None
+            return (*self.build(), self._basis)
+
+        if refresh:
+            self.refresh_note = "full build asked for (refresh=True)"
+
+        def update(target: Path) -> bool:
+            return refresh_file(self, target, path, self._provenance)
+
+        return cached_build(path, build, refresh=refresh, update=update)
 
     # ------------------------------------------------------------------ research interface
     def get_scaling_curves(self, include_posttraining: bool = True) -> pd.DataFrame:
@@ -373,14 +395,3 @@ class DataDecideNext:
         Each lineage is whole (``to_frame(..., prefix="copied")``): ``groupby("lineage")`` gives its continuous curve.
         """
         return to_frame(select(self.dataset(), lineage=list(run_ids)), metrics=metrics, prefix="copied")
-
-
-def _run_ids(run_ids: pd.Series) -> list[str]:
-    """Return the first ``REPORT_RUN_IDS`` distinct run ids, sorted: what the build report lists after a count."""
-    return sorted(pd.unique(run_ids.astype(str)))[:REPORT_RUN_IDS]
-
-
-def _counts(values: pd.Series | None) -> dict[str, int]:
-    if values is None or len(values) == 0:
-        return {}
-    return {str(key): int(count) for key, count in Counter(values.astype(str)).most_common()}

@@ -145,7 +145,7 @@ class StageCache:
         dtype = pd.CategoricalDtype(pd.Index(list(run_ids), dtype=object).unique())
         snapshot = store.history_snapshot()  # before the read: rows added meanwhile only make the next read larger
         cached = _read_history(path, snapshot, dtype)
-        frames, coercions = [], Counter()
+        frames, coercions = [], Counter(dict.fromkeys(keys, 0))  # every key, read or not: the report lists them all
         to_read = dtype.categories
         if cached is not None:
             frames.append(cached.frame)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import uuid
+from pathlib import Path
 
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import xarray as xr
+
+from ddxr.cli import main
+from ddxr.facade import DataDecideNext
+from ddxr.managers.relationships import RunRelationshipManager
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.synthetic import generate
 
@@ -37,3 +46,163 @@ def test_run_states_change_with_a_run_and_only_with_it(small_store):
     after = store.run_states()
     differs = before["digest"].to_numpy() != after["digest"].to_numpy()
     assert differs.tolist() == [index == 2 for index in range(len(runs))]
+
+
+# ---------------------------------------------------------------------------------------------------- refreshes
+class Store:
+    """A generated store whose runs (or history rows) can be held back and restored, by SQL."""
+
+    def __init__(self, root: Path, store_url: str | None = None, layout: str = "B") -> None:
+        self.sources = root / "sources"
+        self.truth = generate(self.sources, store_url=store_url, n_runs=16, messy=False, store_layout=layout)
+        self.url = self.truth.store_url
+        self.engine = sa.create_engine(self.url.replace("postgresql://", "postgresql+psycopg2://"))
+        self.links = RunRelationshipManager(WandBStore(self.url).read_runs()).links.sort_values("created_at")
+        self.root = root
+
+    def sql(self, statement: str, **params) -> None:
+        bind = [sa.bindparam(name, expanding=True) for name, value in params.items() if isinstance(value, list)]
+        with self.engine.begin() as connection:
+            connection.execute(sa.text(statement).bindparams(*bind), params)
+
+    def hold(self, run_ids: list[str], name: str = "held", history_where: str = "") -> None:
+        """Move runs (and their history rows matching ``history_where``) out of the store into side tables."""
+        self.sql(f"CREATE TABLE {name}_runs AS SELECT * FROM wandb_runs WHERE run_id IN :ids", ids=run_ids)
+        self.sql("DELETE FROM wandb_runs WHERE run_id IN :ids", ids=run_ids)
+        rows = f"run_id IN :ids {history_where}"
+        self.sql(f"CREATE TABLE {name}_history AS SELECT * FROM wandb_history WHERE {rows}", ids=run_ids)
+        self.sql(f"DELETE FROM wandb_history WHERE {rows}", ids=run_ids)
+
+    def restore(self, name: str = "held") -> None:
+        self.sql(f"DELETE FROM wandb_runs WHERE run_id IN (SELECT run_id FROM {name}_runs)")
+        for table in ("runs", "history"):
+            self.sql(f"INSERT INTO wandb_{table} SELECT * FROM {name}_{table}")
+            self.sql(f"DROP TABLE {name}_{table}")
+
+    def ddxr(self, cache: str = "cache") -> DataDecideNext:
+        return DataDecideNext(self.sources, self.url, cache_dir=self.root / cache, progress=False)
+
+    def dpo_and_parent(self, which: int = 0) -> tuple[str, str]:
+        dpo = self.links[self.links["run_type"].eq("dpo") & self.links["parent_in_store"]].iloc[which]
+        return dpo["run_id"], dpo["parent_run_id"]
+
+
+def assert_refreshed_as_built(store: Store, read: set[str] | None) -> DataDecideNext:
+    """Refresh, check the runs read (None: a full build), and compare with a full build in a fresh folder."""
+    dd = store.ddxr()
+    curves, runs = dd.dataset(), dd.runs()
+    if read is None:
+        assert dd.refreshed_from is None
+    else:
+        assert dd.refreshed_from is not None, dd.refresh_note
+        assert set(dd.refreshed_from[1]) == read
+    full = store.ddxr(f"full-{uuid.uuid4().hex[:6]}")
+    for refreshed, built in ((curves, full.dataset()), (runs, full.runs())):
+        refreshed, built = refreshed.load(), built.load()
+        del refreshed.attrs["created"], built.attrs["created"]
+        xr.testing.assert_identical(refreshed, built)
+    return dd
+
+
+def _with_members(store: Store, run_ids: set[str]) -> set[str]:
+    """Return the runs and their parents in the store (the lineages a refresh lays out again)."""
+    links = store.links.set_index("run_id")
+    parents = links.loc[list(run_ids)]
+    return run_ids | set(parents.loc[parents["parent_in_store"], "parent_run_id"])
+
+
+@pytest.mark.parametrize("layout", ["A", "B"])
+def test_new_runs_are_appended(tmp_path, layout):
+    store = Store(tmp_path, layout=layout)
+    newest = store.links["run_id"].iloc[-3:].tolist()  # two DPO runs on old SFT runs, and an SFT run
+    store.hold(newest)
+    before = store.ddxr().dataset()
+    store.restore()
+    dd = assert_refreshed_as_built(store, _with_members(store, set(newest)))
+    after = dd.dataset()
+    assert after.sizes["point"] > before.sizes["point"]
+    assert dd.refresh_note.startswith("refreshed")
+    # the new lineages sort last: the points before them are where they were
+    n = before.sizes["point"]
+    assert (after["lineage"].values[:n] == before["lineage"].values).all()
+
+
+def test_a_new_dpo_on_an_old_sft(tmp_path, pg_url):
+    store = Store(tmp_path, pg_url)
+    dpo, parent = store.dpo_and_parent()
+    store.hold([dpo])
+    store.ddxr().dataset()
+    store.restore()
+    assert_refreshed_as_built(store, {dpo, parent})
+
+
+def test_a_dpo_before_its_sft_parent_then_the_parent(tmp_path):
+    store = Store(tmp_path)
+    dpo, parent = store.dpo_and_parent()
+    store.hold([dpo], "dpo")
+    store.hold([parent], "sft")
+    store.ddxr().dataset()
+    store.restore("dpo")  # linked by its own name; the parent's budget estimates its tokens
+    assert_refreshed_as_built(store, {dpo})
+    store.restore("sft")  # now the DPO's lineage starts with its parent: laid out again
+    assert_refreshed_as_built(store, {dpo, parent})
+
+
+def test_a_running_run_that_gained_rows_and_finished(tmp_path):
+    store = Store(tmp_path)
+    _, parent = store.dpo_and_parent(1)
+    run_id = store.links["run_id"][store.links["run_type"].eq("supervised_ft")].iloc[-1]
+    wandb = WandBStore(store.url)
+    finished = wandb.read_runs([run_id]).drop(columns=["layout", "tags", "history_line_count"])
+    running = finished.assign(
+        state="running",
+        summary=[{key: value for key, value in finished["summary"].iloc[0].items() if "oe_eval" not in key}],
+    )
+    wandb.store_runs(running)
+    store.hold([run_id], "tail", history_where="AND step > 20")
+    store.sql("INSERT INTO wandb_runs SELECT * FROM tail_runs")  # the run stays; only its last rows go
+    store.ddxr().dataset()
+    store.restore("tail")
+    wandb.store_runs(finished)
+    assert_refreshed_as_built(store, {run_id})
+
+
+def test_a_namesake_changes_a_dpos_parent(tmp_path):
+    store = Store(tmp_path)
+    dpo, parent = store.dpo_and_parent()
+    store.ddxr().dataset()
+    wandb = WandBStore(store.url)
+    rerun = wandb.read_runs([parent]).drop(columns=["layout", "tags", "history_line_count"])
+    rerun = rerun.assign(run_id="rerun-of-the-parent", created_at=rerun["created_at"] + pd.Timedelta(days=1))
+    wandb.store_runs(rerun)
+    columns = "step, timestamp, runtime, wandb_metadata, metrics"
+    store.sql(
+        f"INSERT INTO wandb_history (run_id, {columns}) SELECT 'rerun-of-the-parent', {columns} "
+        "FROM wandb_history WHERE run_id = :parent",
+        parent=parent,
+    )
+    dd = assert_refreshed_as_built(store, {dpo, "rerun-of-the-parent"})
+    runs = dd.runs()
+    assert runs.sel(run_id=dpo)["parent_run_id"].item() == "rerun-of-the-parent"
+
+
+def test_a_removed_run_means_a_full_build(tmp_path):
+    store = Store(tmp_path)
+    store.ddxr().dataset()
+    store.hold(store.links["run_id"].iloc[:1].tolist())
+    dd = assert_refreshed_as_built(store, None)
+    assert "disappeared" in dd.refresh_note
+
+
+def test_ddxr_build_says_it_refreshed(tmp_path, capsys):
+    store = Store(tmp_path)
+    dpo, parent = store.dpo_and_parent()
+    store.hold([dpo])
+    command = ["build", "--datadecide", str(store.sources), "--db", store.url, "--cache-dir", str(tmp_path / "cache")]
+    assert main([*command, "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    store.restore()
+    assert main([*command, "--quiet"]) == 0
+    assert "refreshed ddxr-" in capsys.readouterr().out
+    assert main([*command, "--quiet", "--refresh"]) == 0  # --refresh always builds in full
+    assert "full build asked for" in capsys.readouterr().out

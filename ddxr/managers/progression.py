@@ -114,6 +114,12 @@ class ProgressionReport:
         return report
 
 
+def typical_gpu_count(links: pd.DataFrame) -> float:
+    """Return the most common GPU count of the linked runs of ``links`` (1 when no run says)."""
+    gpus = links.loc[links["link_status"] == "linked", "gpu_count"].mode()
+    return float(gpus.iloc[0]) if len(gpus) else 1.0
+
+
 def repair_token_restarts(tokens: pd.Series, run_id: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Repair ``total_tokens`` counters that restart on resume (docs/sources.md §8.10).
 
@@ -172,6 +178,9 @@ class TrainingProgressionManager:
         Pretraining prefix of a post-training lineage: the checkpoints of its own seed, or the mean over seeds.
     dpo_tokens_per_pair : float, default 779
         Tokens per preference pair used to estimate DPO tokens (docs/sources.md §7, rule a).
+    runs : collection of str, optional
+        Lay out only these linked runs (all by default; an incremental refresh passes the runs of the lineages it
+        rebuilds, ancestors included). Store-wide facts (the usual GPU count) still come from every linked run.
     """
 
     def __init__(
@@ -183,6 +192,7 @@ class TrainingProgressionManager:
         evaluated_runs: frozenset[str] | set[str] = frozenset(),
         pretraining_seeds: PretrainingSeeds = "base",
         dpo_tokens_per_pair: float = DPO_TOKENS_PER_PAIR,
+        runs: frozenset[str] | set[str] | None = None,
     ) -> None:
         if pretraining_seeds not in ("base", "mean"):
             raise InvalidArgumentError(f"pretraining_seeds must be 'base' or 'mean', got {pretraining_seeds!r}")
@@ -192,6 +202,10 @@ class TrainingProgressionManager:
         self.dpo_tokens_per_pair = float(dpo_tokens_per_pair)
         self.report = ProgressionReport()
         linked = relationships.links[relationships.links["link_status"] == "linked"]
+        #: GPUs of a run that does not say (§8.16)
+        self.typical_gpus = typical_gpu_count(relationships.links)
+        if runs is not None:
+            linked = linked[linked["run_id"].isin(list(runs))]
         self._links = linked.set_index("run_id")
         self._run_dtype = pd.CategoricalDtype(self._links.index)
         self._history, self.run_facts = self._clean_history(history, set(evaluated_runs))
@@ -238,7 +252,8 @@ class TrainingProgressionManager:
         codes, step = history["run_id"].cat.codes.to_numpy(), history["step"].to_numpy(np.int64)
         rows = np.lexsort((step, codes))  # stable: rows of one run and step stay in the order they were logged
         rows = rows[codes[rows] >= 0]
-        duplicated = np.append((codes[rows[1:]] == codes[rows[:-1]]) & (step[rows[1:]] == step[rows[:-1]]), False)
+        duplicated = np.zeros(len(rows), dtype=bool)  # the last row of a (run, step) is kept
+        duplicated[:-1] = (codes[rows[1:]] == codes[rows[:-1]]) & (step[rows[1:]] == step[rows[:-1]])
         per_run = np.bincount(codes[rows[duplicated]], minlength=len(self._run_dtype.categories))
         facts["duplicate_steps"] = pd.Series(per_run, index=self._run_dtype.categories).reindex(facts.index)
         self.report.duplicate_history_rows = int(duplicated.sum())
@@ -300,11 +315,12 @@ class TrainingProgressionManager:
         links = self._links
         missing = history["run_tokens"].isna()
         by_run = history["run_id"]
-        batch = by_run.map(self._effective_batch())
+        # (a categorical mapped one-to-one stays categorical: the numbers are cast back)
+        batch = by_run.map(self._effective_batch()).astype("float64")
         dpo_steps = history["training_step"].fillna(history["step"]).astype("float64")
         dpo_tokens = dpo_steps * batch.fillna(0.0) * self.dpo_tokens_per_pair
         progress = history["step"] / history.groupby("run_id")["step"].transform("max").clip(lower=1)
-        sft_tokens = progress * by_run.map(links["budget_tokens"])
+        sft_tokens = progress * by_run.map(links["budget_tokens"]).astype("float64")
         estimate = np.where(run_type == "dpo", dpo_tokens, sft_tokens)
         history = history.assign(run_tokens=history["run_tokens"].where(~missing, estimate))
         unresolved = history["run_tokens"].isna().groupby(by_run).any()
@@ -317,8 +333,7 @@ class TrainingProgressionManager:
         """Sequences per optimizer step; an unknown GPU count takes the store's most common one (§8.11, §8.16)."""
         links = self._links
         per_step = (links["per_device_train_batch_size"] * links["gradient_accumulation_steps"]).astype("float64")
-        typical_gpus = links["gpu_count"].mode()
-        gpus = links["gpu_count"].astype("float64").fillna(typical_gpus.iloc[0] if len(typical_gpus) else 1.0)
+        gpus = links["gpu_count"].astype("float64").fillna(self.typical_gpus)
         return links["effective_batch"].fillna(per_step * gpus)
 
     def _points_without_history(self, facts: pd.DataFrame, evaluated_runs: set[str]) -> pd.DataFrame:
@@ -397,6 +412,11 @@ class TrainingProgressionManager:
         if not hasattr(self, "_points"):
             self._points = _stacked([self._pretraining_lineages(), *self._posttraining_lineages()])
         return self._points
+
+    def posttraining_points(self) -> pd.DataFrame | None:
+        """Return the post-training lineages alone, as in :meth:`points`; None when there are none."""
+        parts = self._posttraining_lineages()
+        return _stacked(parts) if parts else None
 
     @property
     def metric_table(self) -> pd.DataFrame:
@@ -502,7 +522,9 @@ class TrainingProgressionManager:
             per_token=runs["params"].map(self._flops_per_token).to_numpy(np.float64),
             last_step=runs["run_id"].map(facts["last_step"]).to_numpy(np.float64),
             run_type=runs["run_id"].map(self._links["run_type"]).to_numpy(object),
-            estimated=(runs["run_id"].map(facts["tokens_estimated"]) | runs["offset_estimated"]).to_numpy(bool),
+            estimated=(runs["run_id"].map(facts["tokens_estimated"]).astype(bool) | runs["offset_estimated"]).to_numpy(
+                bool
+            ),
         )
         history_runs = self._history["run_id"].cat.codes.to_numpy()
         run_rows, rows = _join_rows(

@@ -169,6 +169,20 @@ class RunRelationshipManager:
         self._by_id = self.links.set_index("run_id")
         self.report = _report(self.links)
 
+    @classmethod
+    def from_links(cls, links: pd.DataFrame) -> RunRelationshipManager:
+        """Return a manager over links computed before (:attr:`links` of another manager, rows in any subset).
+
+        An incremental refresh merges the links of a previous build with those of the runs it relinks.
+        """
+        manager = cls.__new__(cls)
+        manager.links = links.reset_index(drop=True)
+        manager.final_steps = last_evaluated_steps(None)
+        manager._chains = _ancestry(manager.links)
+        manager._by_id = manager.links.set_index("run_id")
+        manager.report = _report(manager.links)
+        return manager
+
     def _row(self, run_id: str) -> pd.Series:
         if run_id not in self._by_id.index:
             raise LinkError(

@@ -1,0 +1,625 @@
+"""Incremental refresh: bring the newest cache file up to date with a store that gained or changed runs.
+
+A full build reads every run, links them, lays every lineage out and writes ~160 compressed variables. When the
+store only gained runs or history rows since a cached build, most of that is already in the previous file. A
+refresh (docs/dataset.md §6):
+
+1. finds the newest cache file in the folder built from the same DataDecide files, options, store and ddxr code
+   (its :class:`Basis`, kept in a group no open reads);
+2. compares the store's runs (:meth:`~ddxr.sources.wandb_store.WandBStore.run_states`) and history snapshot with
+   the basis: a run that disappeared, a changed run that had evaluations, or anything the basis cannot tell apart
+   means a full build;
+3. relinks only the new and changed runs and the runs whose link they can change (those naming them as parent,
+   and their descendants), reads the evaluations and history only of the lineages holding an affected run, and
+   lays out only those lineages;
+4. copies the previous file and rewrites it in place from the first point that differs (new lineages sort last:
+   :func:`ddxr.assemble.lineage_ranks`), plus the runs group, the attributes and the basis.
+
+The build report is made from the merged tables, so a refreshed file equals a full rebuild of the same sources
+(tests/test_refresh.py checks every case against one). Whenever an assumption does not hold the refresh gives up
+and the caller builds in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xarray as xr
+
+import ddxr.assemble
+import ddxr.managers.evaluations
+import ddxr.managers.naming
+import ddxr.managers.progression
+import ddxr.managers.relationships
+import ddxr.report
+import ddxr.sources.wandb_store
+from ddxr.assemble import assemble_curves, assemble_runs, lineage_created, lineage_ranks
+from ddxr.cache import RUNS_GROUP, encode, encode_runs, read_basis, write_basis
+from ddxr.coders import CODES_SUFFIX, DECODES_ATTR, VALUES_SUFFIX, code_dtype, equal_runs, factorize
+from ddxr.managers.progression import HISTORY_KEYS, ProgressionReport, TrainingProgressionManager, typical_gpu_count
+from ddxr.managers.relationships import JSON_COLUMNS as LINK_JSON_COLUMNS
+from ddxr.managers.relationships import LINK_COLUMNS, RunRelationshipManager
+from ddxr.report import build_report, runs_table
+from ddxr.schema import LEVELS, POINT_DIM
+from ddxr.sources.wandb_store import COERCION_FAILURES
+
+if TYPE_CHECKING:
+    from ddxr.facade import DataDecideNext
+
+__all__ = ["BUILD_CODE", "Basis", "StoreState", "frame_digest", "refresh_file"]
+
+
+def _code_digest(modules: Iterable[Any]) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+#: Digest of the code a build's tables come from: a file built by other code is never refreshed, only rebuilt.
+BUILD_CODE = _code_digest(
+    [
+        ddxr.assemble,
+        ddxr.managers.evaluations,
+        ddxr.managers.naming,
+        ddxr.managers.progression,
+        ddxr.managers.relationships,
+        ddxr.report,
+        ddxr.sources.wandb_store,
+    ]
+)
+_SNAPSHOT = ["rows", "max_id"]
+_STATE = ["digest", "created_text", *_SNAPSHOT]  # columns the basis adds to the runs table
+_LINEAGE_LISTS = ("base_checkpoints_missing", "lineages_learning_rate_unknown")
+
+
+class FullBuild(Exception):
+    """Why a refresh cannot equal a full build (the build then runs in full; the reason is kept for the user)."""
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """Hex digest of a frame's values, row by row (for fingerprints)."""
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class StoreState:
+    """The store as a fingerprint saw it: :meth:`WandBStore.run_states` and :meth:`WandBStore.history_snapshot`."""
+
+    runs: pd.DataFrame
+    snapshot: pd.DataFrame
+
+
+@dataclass
+class Basis:
+    """What a build leaves for a later refresh to compare the sources with and to reuse.
+
+    Attributes
+    ----------
+    meta : dict
+        ``key`` (:meth:`DataDecideNext.basis_key`), ``available`` and ``variables`` (metric variables),
+        ``evaluated`` (runs with evaluations), ``typical_gpus``, ``coercions``, the lineage lists of the
+        progression report and ``skipped_rows`` (``{run: {reason: rows}}``).
+    runs : pandas.DataFrame
+        The runs table, plus each run's ``digest``, ``created_text`` and history snapshot (``rows``, ``max_id``).
+    issues : pandas.DataFrame
+        The evaluation issues of every run.
+    """
+
+    meta: dict
+    runs: pd.DataFrame
+    issues: pd.DataFrame
+
+    @classmethod
+    def of_build(
+        cls,
+        dd: DataDecideNext,
+        table: pd.DataFrame,
+        issues: pd.DataFrame,
+        evaluated: list[str],
+        available: list[str],
+        variables: list[str],
+    ) -> Basis:
+        """Return the basis of the build ``dd`` just made (its managers still held)."""
+        training = dd.training
+        report = training.report
+        meta = {
+            "key": dd.basis_key(),
+            "available": [str(name) for name in available],
+            "variables": list(variables),
+            "evaluated": [str(run_id) for run_id in evaluated],
+            "typical_gpus": training.typical_gpus,
+            "coercions": dict(dd._history.coercions),
+            "skipped_rows": report.history_rows_skipped,
+            "lineages": {name: report.run_ids.get(name) for name in _LINEAGE_LISTS},
+        }
+        return cls(meta, _with_state(table, dd._state()), issues)
+
+    def encoded(self) -> dict[str, bytes]:
+        """Return the basis as the bytes :func:`ddxr.cache.write_basis` stores (JSON and parquet, no pickle)."""
+        return {"meta": json.dumps(self.meta).encode(), "runs": _parquet(self.runs), "issues": _parquet(self.issues)}
+
+    @classmethod
+    def decoded(cls, stored: dict[str, bytes]) -> Basis:
+        """Invert :meth:`encoded`."""
+        tables = {name: pq.read_table(io.BytesIO(stored[name])).to_pandas() for name in ("runs", "issues")}
+        return cls(json.loads(stored["meta"]), tables["runs"], tables["issues"])
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()
+
+
+def _with_state(table: pd.DataFrame, state: StoreState) -> pd.DataFrame:
+    """Return the runs table with each run's digest, creation text and history snapshot (0 rows: none)."""
+    runs = state.runs.set_index("run_id")
+    snapshot = state.snapshot.set_index("run_id")[_SNAPSHOT].reindex(table["run_id"]).fillna(0).astype("int64")
+    return table.assign(
+        digest=table["run_id"].map(runs["digest"]).to_numpy(),
+        created_text=table["run_id"].map(runs["created_at"]).to_numpy(),
+        rows=snapshot["rows"].to_numpy(),
+        max_id=snapshot["max_id"].to_numpy(),
+    )
+
+
+def find_previous(folder: Path, key: str, exclude: Path) -> tuple[Path, Basis] | None:
+    """Return the newest ddxr file in ``folder`` (other than ``exclude``) whose basis has ``key``."""
+    candidates = [path for path in folder.glob("ddxr-*.nc") if path != exclude]
+    for path in sorted(candidates, key=lambda path: path.stat().st_mtime, reverse=True):
+        stored = read_basis(path)
+        try:
+            if stored is not None and json.loads(stored["meta"]).get("key") == key:
+                return path, Basis.decoded(stored)
+        except (KeyError, ValueError, TypeError, OSError, pa.ArrowException):  # a basis of another ddxr: skipped
+            continue
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+def _changed_runs(basis: Basis, state: StoreState) -> tuple[pd.Index, pd.Index] | None:
+    """Return the new and the changed runs; None when a run disappeared (a full build)."""
+    old = basis.runs.set_index("run_id")
+    now = state.runs.set_index("run_id")
+    if not old.index.isin(now.index).all():
+        raise FullBuild("runs disappeared from the store")
+    snapshot = state.snapshot.set_index("run_id")[_SNAPSHOT].reindex(old.index).fillna(0).astype("int64")
+    kept = now.reindex(old.index)
+    changed = (kept["digest"] != old["digest"]) | (snapshot != old[_SNAPSHOT]).any(axis=1)
+    return now.index.difference(old.index, sort=False), old.index[changed.to_numpy()]
+
+
+def _parent_names(links: pd.DataFrame, names: pd.Series) -> pd.Series:
+    """Return the name each run's parent was looked up by (``parent_run_id``: the run found, else that name)."""
+    found = links["parent_run_id"].map(names)
+    return found.where(links["parent_in_store"].astype(bool), links["parent_run_id"])
+
+
+def _relinked(old: pd.DataFrame, old_names: pd.Series, now_names: pd.Series, start: pd.Index) -> pd.Index:
+    """Return the runs whose links can change: ``start``, and the runs naming one as parent (old or new name)."""
+    wanted = _parent_names(old, old_names)
+    relinked = pd.Index(start)
+    while True:
+        names = set(now_names.reindex(relinked).dropna()) | set(old_names.reindex(relinked).dropna())
+        naming = old["run_id"][wanted.isin(names) | (old["parent_in_store"] & old["parent_run_id"].isin(relinked))]
+        grown = relinked.union(pd.Index(naming), sort=False)
+        if len(grown) == len(relinked):
+            return relinked
+        relinked = grown
+
+
+def _relink(dd: DataDecideNext, run_ids: pd.Index, now_names: pd.Series) -> pd.DataFrame:
+    """Links of ``run_ids`` as a full build gives them: read with every run their parent lookup can reach."""
+    frame = dd.wandb.read_runs(list(run_ids), json_columns=LINK_JSON_COLUMNS)
+    while True:
+        manager = RunRelationshipManager(frame, dd.pretraining.table)
+        looked_up = _parent_names(manager.links, frame.set_index("run_id")["run_name"])
+        reach = now_names.index[now_names.isin(set(looked_up))].difference(frame["run_id"])
+        if reach.empty:
+            return manager.links[manager.links["run_id"].isin(run_ids)]
+        frame = pd.concat([frame, dd.wandb.read_runs(list(reach), json_columns=LINK_JSON_COLUMNS)], ignore_index=True)
+
+
+def _rows_differ(left: pd.DataFrame, right: pd.DataFrame) -> pd.Series:
+    """Per run id (the index of both): whether any column differs, missing values equal to each other."""
+    right = right.reindex(index=left.index, columns=left.columns)
+    differs = pd.Series(False, index=left.index)
+    for name in left.columns:
+        a, b = left[name].astype(object), right[name].astype(object)
+        differs |= ~((a == b) | (a.isna() & b.isna()))
+    return differs
+
+
+@dataclass
+class _Merged:
+    """The tables of a refreshed build, all runs."""
+
+    links: pd.DataFrame
+    table: pd.DataFrame
+    issues: pd.DataFrame
+    report: ProgressionReport
+    coercions: Counter
+    rebuilt: set  # lineages laid out again
+    points: pd.DataFrame | None
+    training: TrainingProgressionManager | None
+    post_metrics: pd.DataFrame
+    read_runs: list
+
+
+def _merge(dd: DataDecideNext, basis: Basis, state: StoreState) -> _Merged:
+    """Relink, evaluate and lay out only what changed.
+
+    Raises
+    ------
+    FullBuild
+        When the refresh cannot equal a full build.
+    """
+    new, changed = _changed_runs(basis, state)
+    if any(basis.meta["coercions"].values()) and len(changed):
+        # counted over all rows, not per run: what a changed run's old rows held cannot be taken off
+        raise FullBuild("a run changed and the previous build counted unreadable history values")
+    if changed.isin(basis.meta["evaluated"]).any():
+        raise FullBuild("a run with evaluations changed (its variables may be gone)")
+    old_table = basis.runs.drop(columns=_STATE).set_index("run_id", drop=False)
+    old_links = old_table[LINK_COLUMNS].reset_index(drop=True)
+    now_names = state.runs.set_index("run_id")["run_name"]
+    old_names = old_table["run_name"]
+    relinked = _relinked(old_links, old_names, now_names, new.union(changed, sort=False))
+    fresh = _relink(dd, relinked, now_names).set_index("run_id", drop=False)
+    kept = old_links[~old_links["run_id"].isin(relinked)]
+    links = pd.concat([kept, fresh.reset_index(drop=True)], ignore_index=True)
+    order = pd.Index(links["run_id"]).get_indexer(state.runs["run_id"])
+    links = _like(links.take(order).reset_index(drop=True), old_links)
+    old_again = relinked.intersection(old_links["run_id"])
+    moved = _rows_differ(fresh.loc[old_again, LINK_COLUMNS], old_table.loc[old_again, LINK_COLUMNS])
+    affected = set(new) | set(changed) | set(moved.index[moved.to_numpy()])
+
+    manager = RunRelationshipManager.from_links(links)
+    chains = manager.lineage_chains()
+    old_chains = RunRelationshipManager.from_links(old_links).lineage_chains()
+    rebuilt = set(chains.loc[chains["run_id"].isin(affected), "lineage"])
+    rebuilt |= set(old_chains.loc[old_chains["run_id"].isin(affected), "lineage"])
+    members = set(chains.loc[chains["lineage"].isin(rebuilt), "run_id"])
+
+    read = sorted(members | affected)
+    post_metrics, issues = dd.evaluations.posttraining_evaluations(
+        dd.wandb.read_run_entries("summary", "oe_eval_metrics/", read)
+    )
+    if typical_gpu_count(links) != basis.meta["typical_gpus"]:
+        raise FullBuild("the store's usual GPU count changed (every run estimated with it changes)")
+    history, coercions = _history(dd, sorted(members), set(new) | set(changed), basis.meta["coercions"])
+    training, points = None, None
+    if members:
+        training = TrainingProgressionManager(
+            dd._pretraining_metrics,
+            history,
+            manager,
+            evaluated_runs=set(post_metrics.index),
+            pretraining_seeds=dd.pretraining_seeds,
+            dpo_tokens_per_pair=dd.dpo_tokens_per_pair,
+            runs=members,
+        )
+        points = training.posttraining_points()
+    if points is not None:
+        points = points[points["lineage"].isin(rebuilt)]
+    redone = set(read)
+    table = pd.concat(
+        [old_table[~old_table["run_id"].isin(redone)], runs_table(links[links["run_id"].isin(redone)], training)],
+        ignore_index=True,
+    )
+    table = table.set_index("run_id", drop=False).loc[links["run_id"]].reset_index(drop=True)
+    table = _like(table[list(old_table.columns)], old_table)
+    issues = pd.concat([basis.issues[~basis.issues["run_id"].isin(redone)], issues], ignore_index=True)
+    report = _progression_report(
+        table, basis.meta, ProgressionReport() if training is None else training.report, rebuilt
+    )
+    return _Merged(links, table, issues, report, coercions, rebuilt, points, training, post_metrics, read)
+
+
+def _history(dd: DataDecideNext, runs: list[str], fresh: set, before: dict) -> tuple[pd.DataFrame, Counter]:
+    """History of ``runs``, and the unreadable values of all runs: those before plus those of the ``fresh`` runs.
+
+    The other runs' rows are unchanged: their unreadable values are counted in ``before`` already.
+    """
+    reads = [[run for run in runs if run in fresh], [run for run in runs if run not in fresh]]
+    frames = [dd.wandb.read_history(ids, HISTORY_KEYS) for ids in reads]
+    coercions = Counter(before)
+    coercions.update(frames[0].attrs.get(COERCION_FAILURES, {}))
+    history = pd.concat(frames, ignore_index=True)
+    history.attrs = {}
+    return history, coercions
+
+
+def _like(frame: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with ``model``'s dtypes on the columns they share (a full build types them over all runs)."""
+    dtypes = {
+        name: model[name].dtype for name in frame.columns if name in model and frame[name].dtype != model[name].dtype
+    }
+    try:
+        return frame.astype(dtypes) if dtypes else frame
+    except (TypeError, ValueError) as error:
+        raise FullBuild(f"a column of the new runs does not fit the previous runs table ({error})") from error
+
+
+def _progression_report(table: pd.DataFrame, meta: dict, mini: ProgressionReport, rebuilt: set) -> ProgressionReport:
+    """Return the progression report of all runs: counts from the runs table, the rest from basis and rebuild."""
+    linked = table[table["link_status"] == "linked"]
+    report = ProgressionReport()
+    report.duplicate_history_rows = int(linked["duplicate_steps"].fillna(0).sum())
+    flags = {
+        "runs_with_duplicate_steps": linked["duplicate_steps"] > 0,
+        "runs_tokens_repaired": linked["tokens_repaired"].astype(bool),
+        "runs_loss_summed": linked["loss_summed"].astype(bool),
+        "runs_tokens_estimated": linked["tokens_estimated"].astype(bool),
+        "runs_without_history": linked["n_history_rows"] == 0,
+    }
+    for count, mask in flags.items():
+        report.name(count, linked.loc[mask.to_numpy(), "run_id"])
+    skipped = {**meta["skipped_rows"], **mini.history_rows_skipped}
+    redone = set(mini.history_rows_skipped) | set(table["run_id"][table["run_id"].isin(rebuilt)])
+    report.history_rows_skipped = {
+        run: reasons for run, reasons in skipped.items() if run in mini.history_rows_skipped or run not in redone
+    }
+    for count in _LINEAGE_LISTS:
+        before, now = meta["lineages"][count], mini.run_ids.get(count)
+        if before is None and now is None:
+            continue
+        kept = [lineage for lineage in before or [] if lineage not in rebuilt]
+        report.name(count, sorted(set(kept) | set(now or [])))
+    reasons = table.loc[table["skip_reason"] != "", ["run_id", "skip_reason"]]
+    report.skipped_runs = dict(zip(reasons["run_id"], reasons["skip_reason"], strict=True))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- the file
+def refresh_file(dd: DataDecideNext, target: Path, current: Path, attrs_for: Any) -> bool:
+    """Write at ``target`` the previous file of ``dd``'s cache folder brought up to date; False: build in full.
+
+    ``current`` is the file being made (never a previous one); ``attrs_for(report)`` returns the Dataset
+    attributes of a build whose report is ``report``. ``dd.refreshed_from`` records the file refreshed and the runs
+    read from the store.
+    """
+    dd.refreshed_from, dd.refresh_note = None, "no previous file of the same sources and options"
+    previous = find_previous(dd.cache_dir, dd.basis_key(), current)
+    if previous is None:
+        return False
+    try:
+        written = _refresh(dd, target, *previous, attrs_for)
+    except FullBuild as reason:
+        dd.refresh_note = str(reason)
+        return False
+    dd.refresh_note = f"refreshed {previous[0].name}"
+    return written
+
+
+def _refresh(dd: DataDecideNext, target: Path, path: Path, basis: Basis, attrs_for: Any) -> bool:
+    state = dd._state()
+    merged = _merge(dd, basis, state)
+    pretraining = dd.pretraining
+    report = build_report(
+        pretraining, merged.links, merged.issues, merged.coercions, dd.orphans(merged.links), merged.report
+    )
+    attrs = attrs_for(report)
+    variables = basis.meta["variables"]
+    available = [*basis.meta["available"], *merged.post_metrics.columns]
+    if dd.evaluations.variables(list(dict.fromkeys(available))) != variables:
+        raise FullBuild("the new runs bring other metric variables")
+    created = lineage_created(merged.table)
+    curves = None
+    if merged.points is not None and len(merged.points):
+        curves = assemble_curves(
+            merged.points,
+            merged.training.metric_table,  # points exist: so does the progression
+            merged.post_metrics,
+            variables,
+            lambda name: {},
+            attrs,
+            created,
+        )
+    runs = assemble_runs(merged.table)
+    new_basis = Basis(
+        {
+            **basis.meta,
+            "evaluated": sorted(set(basis.meta["evaluated"]) | set(merged.post_metrics.index)),
+            "coercions": dict(merged.coercions),
+            "skipped_rows": merged.report.history_rows_skipped,
+            "lineages": {name: merged.report.run_ids.get(name) for name in _LINEAGE_LISTS},
+            "available": list(dict.fromkeys(available)),
+        },
+        _with_state(merged.table, state),
+        merged.issues,
+    )
+    shutil.copyfile(path, target)
+    _grow(path, target, curves, runs, attrs, created, merged.rebuilt, new_basis.encoded())
+    dd.refreshed_from = (path, merged.read_runs)
+    return True
+
+
+def _grow(
+    old_path: Path,
+    target: Path,
+    curves: xr.Dataset | None,
+    runs: xr.Dataset,
+    attrs: dict,
+    created: pd.Series,
+    rebuilt: set,
+    basis: dict[str, bytes],
+) -> None:
+    """Rewrite the copy ``target`` of ``old_path``: the points from the first lineage that differs, runs, attrs.
+
+    Raises
+    ------
+    FullBuild
+        When the file cannot take the change in place.
+    """
+    with netCDF4.Dataset(old_path) as old, netCDF4.Dataset(target, "a") as file:
+        old.set_auto_maskandscale(False)
+        file.set_auto_maskandscale(False)
+        if not file.dimensions[POINT_DIM].isunlimited():
+            raise FullBuild("the previous file cannot grow (written by an older ddxr)")
+        encoded, encoded_runs = _encoded(curves, runs, attrs)
+        first, pieces, size = _layout(old, encoded, created, rebuilt)
+        if size < old.dimensions[POINT_DIM].size:
+            raise FullBuild("the curves lost points (a file cannot shrink in place)")
+        coded = {old[name].getncattr(DECODES_ATTR): name for name in old.variables if name.endswith(CODES_SUFFIX)}
+        written = set()
+        for name in coded:
+            _write_coded(old, file, encoded, name, first, pieces)
+            written |= {name, f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"}
+        for name, variable in old.variables.items():
+            if name in written or variable.dimensions != (POINT_DIM,):
+                continue
+            if encoded is not None and (name not in encoded or encoded[name].dtype != variable.dtype):
+                raise FullBuild(f"variable {name!r} of the new lineages does not match the file")
+            tail = _tail(old[name], encoded[name].values if encoded is not None else None, pieces)
+            file[name][first : first + len(tail)] = tail
+        _write_runs(file.groups[RUNS_GROUP], encoded_runs)
+        file.setncatts({key: value for key, value in encoded.attrs.items()} if encoded is not None else attrs)
+        write_basis(file, basis)
+
+
+def _encoded(curves: xr.Dataset | None, runs: xr.Dataset, attrs: dict) -> tuple[xr.Dataset | None, xr.Dataset]:
+    """Return the rebuilt lineages and the runs as the file stores them, CF-encoded (booleans as int8 …)."""
+    encoded_runs = encode_runs(runs)
+    encoded_runs = xr.Dataset(
+        {
+            name: xr.conventions.encode_cf_variable(variable, name=name)
+            for name, variable in encoded_runs.variables.items()
+        },
+        attrs=encoded_runs.attrs,
+    )
+    if curves is None:
+        return None, encoded_runs
+    encoded, _ = encode(curves, xr.Dataset())
+    variables = {
+        name: variable if variable.dtype.kind in "OUS" else xr.conventions.encode_cf_variable(variable, name=name)
+        for name, variable in encoded.variables.items()
+    }
+    return xr.Dataset(variables, attrs=encoded.attrs), encoded_runs
+
+
+def _layout(
+    old: netCDF4.Dataset, encoded: xr.Dataset | None, created: pd.Series, rebuilt: set
+) -> tuple[int, list[tuple[str, int, int]], int]:
+    """Where the file starts to differ, and what follows: pieces ``("old"|"new", start, stop)`` in point order."""
+    codes = old[f"lineage{CODES_SUFFIX}"][:]
+    table = np.asarray(old[f"lineage{VALUES_SUFFIX}"][:], dtype=object)
+    starts, lengths = equal_runs(codes)
+    blocks = pd.DataFrame({"lineage": table[codes[starts]], "source": "old", "start": starts, "stop": starts + lengths})
+    if blocks["lineage"].duplicated().any():
+        raise FullBuild("the previous file is not laid out lineage by lineage")
+    blocks = blocks[~blocks["lineage"].isin(rebuilt)]
+    if encoded is not None:
+        new_codes = encoded[f"lineage{CODES_SUFFIX}"].values
+        new_table = encoded[f"lineage{VALUES_SUFFIX}"].values
+        starts, lengths = equal_runs(new_codes)
+        fresh = pd.DataFrame(
+            {"lineage": new_table[new_codes[starts]], "source": "new", "start": starts, "stop": starts + lengths}
+        )
+        blocks = pd.concat([blocks, fresh], ignore_index=True)
+    lineages = pd.Index(blocks["lineage"]).sort_values()
+    ranks = pd.Series(lineage_ranks(lineages, created), index=lineages)
+    blocks = blocks.iloc[np.argsort(ranks[blocks["lineage"]].to_numpy(), kind="stable")].reset_index(drop=True)
+    old_order = blocks["source"].eq("old") & (blocks["start"].to_numpy() == np.append(0, blocks["stop"][:-1]))
+    same = old_order.cumprod().astype(bool)  # the leading blocks that stay where they were
+    first = int(blocks["stop"][same].iloc[-1]) if same.any() else 0
+    tail = blocks[~same]
+    pieces = list(zip(tail["source"], tail["start"], tail["stop"], strict=True))
+    return first, pieces, first + int((tail["stop"] - tail["start"]).sum())
+
+
+def _tail(old: netCDF4.Variable, new: np.ndarray | None, pieces: list[tuple[str, int, int]]) -> np.ndarray:
+    """Return the values of the pieces, in order: old ones read as stored, new ones as encoded."""
+    parts = [old[start:stop] if source == "old" else new[start:stop] for source, start, stop in pieces]
+    if not parts:
+        return old[0:0]
+    return np.concatenate(parts)
+
+
+def _write_coded(
+    old: netCDF4.Dataset,
+    file: netCDF4.Dataset,
+    encoded: xr.Dataset | None,
+    name: str,
+    first: int,
+    pieces: list[tuple[str, int, int]],
+) -> None:
+    """Rewrite the codes, table and plain copy of ``name``: codes renumbered only if the table's order demands it."""
+    codes_name, values_name = f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"
+    old_codes = np.asarray(old[codes_name][:])
+    old_table = np.asarray(old[values_name][:], dtype=object if old[values_name].dtype is str else None)
+    if encoded is None:
+        new_codes, new_table = old_codes[:0], old_table[:0]
+    else:
+        new_codes, new_table = encoded[codes_name].values, np.asarray(encoded[values_name].values)
+    combined = np.concatenate([old_table, new_table.astype(old_table.dtype)])
+    merged = np.concatenate(
+        [
+            old_codes[:first].astype(np.int64),
+            *(
+                old_codes[start:stop].astype(np.int64)
+                if source == "old"
+                else new_codes[start:stop].astype(np.int64) + len(old_table)
+                for source, start, stop in pieces
+            ),
+        ]
+    )
+    if name in LEVELS:  # sorted tables of the values used (ddxr.index.level_codes)
+        distinct, inverse = np.unique(combined, return_inverse=True)
+        values = inverse.reshape(-1)[merged]
+        used = np.flatnonzero(np.bincount(values, minlength=len(distinct)))
+        renumber = np.full(len(distinct), -1)
+        renumber[used] = np.arange(len(used))
+        codes, table = renumber[values], distinct[used]
+    else:  # tables in order of first appearance (ddxr.coders.factorize)
+        ids, distinct = pd.factorize(combined)
+        codes, first_seen = factorize(ids[merged])
+        table = np.asarray(distinct)[first_seen]
+    if code_dtype(len(table)) != old[codes_name].dtype or len(table) < len(old_table):
+        raise FullBuild(f"the table of {name!r} changed its code type or shrank")
+    start = first if np.array_equal(codes[:first], old_codes[:first]) else 0
+    file[codes_name][start:] = codes[start:].astype(old[codes_name].dtype)
+    file[values_name][:] = table
+    plain = file[name]
+    values = table[codes[first:]]
+    if plain.dtype.kind == "S":  # fixed-width UTF-8 characters
+        width = plain.shape[1]
+        utf8 = np.array([value.encode("utf-8") for value in table.tolist()])
+        if utf8.dtype.itemsize > width:
+            raise FullBuild(f"a new {name!r} is longer than the file's strings")
+        plain[first:] = netCDF4.stringtochar(utf8.astype(f"S{width}")[codes[first:]])
+    else:
+        plain[first:] = values
+
+
+def _write_runs(group: netCDF4.Group, encoded: xr.Dataset) -> None:
+    """Overwrite the runs group's variables (same names, types and dimensions) and attributes."""
+    if set(group.variables) != set(encoded.variables):
+        raise FullBuild("the runs table has other columns")
+    for name, variable in encoded.variables.items():
+        stored = group[name]
+        values = variable.values
+        if stored.dimensions != variable.dims or (stored.dtype is not str and stored.dtype != values.dtype):
+            raise FullBuild(f"runs column {name!r} changed its type")
+        stored[: len(values)] = values
+        attrs = {key: value for key, value in variable.attrs.items() if key != "_FillValue"}
+        for key in set(stored.ncattrs()) - set(attrs) - {"_FillValue"}:
+            stored.delncattr(key)
+        stored.setncatts(attrs)
+    for key in set(group.ncattrs()) - set(encoded.attrs):
+        group.delncattr(key)
+    group.setncatts(dict(encoded.attrs))
