@@ -167,7 +167,9 @@ def child_refresh(data_dir: str, url: str, cache_dir: str) -> dict:
     with meter.stage("refresh"):
         dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
         points = dd.dataset().sizes["point"]
-    return meter.close() | {"points": points, "runs_read_from_store": len(dd._history.read_from_store)}
+    # an incremental refresh reads the runs of the lineages it lays out again; a full build reads every linked run
+    read = dd.refreshed_from[1] if dd.refreshed_from is not None else dd._history.read_from_store
+    return meter.close() | {"points": points, "runs_read_from_store": len(read), "how": dd.refresh_note}
 
 
 def child_store_read(url: str, run_ids_file: str) -> dict:
@@ -182,9 +184,9 @@ def child_store_read(url: str, run_ids_file: str) -> dict:
     return meter.close() | {"rows": rows}
 
 
-def child_store(url: str, n_runs: str, steps: str, random_seed: str, messy: str) -> dict:
+def child_store(url: str, n_runs: str, steps: str, random_seed: str, messy: str, when: str = "any") -> dict:
     """:func:`store_runs` in a process of its own: the generated frames never inflate the parent."""
-    runs, rows = store_runs(url, int(n_runs), int(steps), int(random_seed), messy == "messy")
+    runs, rows = store_runs(url, int(n_runs), int(steps), int(random_seed), messy == "messy", when == "newest")
     return {"runs": runs, "history_rows": rows}
 
 
@@ -222,8 +224,16 @@ def datadecide_dir(layout: str) -> Path:
     return folder
 
 
-def store_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool) -> tuple[int, int]:
-    """Generate runs over the full grid and append those the store does not hold yet; (runs, history rows) added."""
+def store_runs(
+    url: str, n_runs: int, steps: int, random_seed: int, messy: bool, newest: bool = False
+) -> tuple[int, int]:
+    """Generate runs over the full grid and append those the store does not hold yet; (runs, history rows) added.
+
+    ``newest``: the runs are created after every run the store holds (the generator dates every batch from the same
+    day), as a day of new runs is.
+    """
+    import pandas as pd
+
     from ddxr.sources.wandb_store import WandBStore
     from ddxr.synthetic.posttraining import generate_posttraining
     from ddxr.vocabulary import DATA, PARAMS
@@ -233,8 +243,12 @@ def store_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool)
     )
     with WandBStore(url) as store:
         store.create_tables()
-        held = set(store.read_runs()["run_id"])
-        runs = runs[~runs["run_id"].isin(held)]
+        stored = store.read_runs(json_columns=())
+        runs = runs[~runs["run_id"].isin(set(stored["run_id"]))]
+        if newest and len(stored):
+            latest = stored["created_at"].max().tz_convert(None)
+            shift = latest - runs["created_at"].min() + pd.Timedelta(days=1)
+            runs = runs.assign(created_at=runs["created_at"] + shift)
         history = history[history["run_id"].isin(runs["run_id"])]
         store.store_runs(runs)
         store.store_history(history)
@@ -242,9 +256,13 @@ def store_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool)
     return len(runs), len(history)
 
 
-def stored_runs(url: str, n_runs: int, steps: int, random_seed: int, messy: bool) -> tuple[int, int]:
+def stored_runs(
+    url: str, n_runs: int, steps: int, random_seed: int, messy: bool, newest: bool = False
+) -> tuple[int, int]:
     """Return :func:`store_runs` run in a child process."""
-    added = in_child("store", url, str(n_runs), str(steps), str(random_seed), "messy" if messy else "clean")
+    kinds = ("messy" if messy else "clean", "newest" if newest else "any")
+    arguments = (str(n_runs), str(steps), str(random_seed), *kinds)
+    added = in_child("store", url, *arguments)
     return added["runs"], added["history_rows"]
 
 
@@ -389,7 +407,7 @@ def run(scale: str, server: str, layout: str) -> dict:
             floors = [floor(url, json.loads(run_ids.read_text())) for _ in range(2)]
             reads = [in_child("store-read", url, str(run_ids)) for _ in range(2)]
             loads.append(os.getloadavg())
-            added = stored_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False)
+            added = stored_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False, newest=True)
             refresh = in_child("refresh", str(data_dir), url, str(work))
             loads.append(os.getloadavg())
         finally:
@@ -474,7 +492,8 @@ def report(result: dict) -> bool:
     print(
         f"refresh after adding {refresh['runs_added']} runs ({refresh['history_rows_added']:,} rows): "
         f"{refresh['stages'][0]['seconds']:.2f} s ({refresh['runs_read_from_store']} runs' history read from the "
-        f"store) = {result['refresh_fraction']:.1%} of the full build ({result['full_build_seconds']:.2f} s)"
+        f"store) = {result['refresh_fraction']:.1%} of the full build ({result['full_build_seconds']:.2f} s); "
+        f"{refresh.get('how', '')}"
     )
     checks = verdicts(result["scale"], result)
     for label, passed in checks:

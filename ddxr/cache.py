@@ -594,7 +594,8 @@ class _InSlices:
     def __setitem__(self, key: Any, source: _Gathered) -> None:
         step = max(1, _WRITE_SLICE_BYTES // max(1, source.row_bytes))
         for start in range(0, source.shape[0], step):
-            self.target[start : start + step] = source[indexing.BasicIndexer((slice(start, start + step),))]
+            piece = slice(start, min(start + step, source.shape[0]))  # point is unlimited: a slice is never clipped
+            self.target[piece] = source[indexing.BasicIndexer((piece,))]
 
 
 def _gathered(variable: xr.Variable) -> _Gathered | None:

@@ -27,10 +27,10 @@ from ddxr.index import select
 from ddxr.managers.evaluations import EvaluationManager
 from ddxr.managers.progression import HISTORY_KEYS, PretrainingSeeds, TrainingProgressionManager
 from ddxr.managers.relationships import JSON_COLUMNS as LINK_JSON_COLUMNS
-from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.managers.relationships import RunRelationshipManager, last_evaluated_steps
 from ddxr.progress import progress_bar
 from ddxr.refresh import BUILD_CODE, Basis, StoreState, frame_digest, refresh_file
-from ddxr.report import build_report, runs_table
+from ddxr.report import build_report, pretraining_report, runs_table
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import WandBStore
 from ddxr.stage_cache import HistoryRead, StageCache
@@ -111,19 +111,39 @@ class DataDecideNext:
     @cached_property
     def relationships(self) -> RunRelationshipManager:
         """Links of every post-training run to its base checkpoint and parent."""
-        return RunRelationshipManager(self._store_runs, self.pretraining.table)
+        return RunRelationshipManager(self._store_runs, final_steps=self.final_steps())
 
     @cached_property
     def _posttraining_evaluations(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         return self.evaluations.posttraining_evaluations(self._evaluation_entries)
 
     @cached_property
+    def _pretraining_stage(self) -> tuple[pd.DataFrame, dict]:
+        """The standardized pretraining metrics, and the DataDecide report, source and final steps (a stage cache)."""
+        return self.stage_cache.metrics(self.pretraining_source, self.metrics, self._standardized)
+
+    @property
     def _pretraining_metrics(self) -> pd.DataFrame:
-        table = self.pretraining.table
+        return self._pretraining_stage[0]
+
+    def _standardized(self) -> tuple[pd.DataFrame, dict]:
+        evals = self.pretraining
+        table = evals.table
         standardized = self.evaluations.pretraining_evaluations(table)
         schedule = [name for name in ("tokens", "compute", "lr_at_step") if name in table]
         extra = [name for name in schedule if name not in standardized]
-        return standardized.merge(table[_KEYS + extra], on=_KEYS, how="left", validate="one_to_one")
+        info = {
+            "report": pretraining_report(evals),
+            "source": evals.source,
+            "final_steps": json.loads(last_evaluated_steps(table).to_json(orient="split", index=False)),
+        }
+        return standardized.merge(table[_KEYS + extra], on=_KEYS, how="left", validate="one_to_one"), info
+
+    def final_steps(self) -> pd.DataFrame:
+        """Return the last evaluated step per base (``RunRelationshipManager.final_steps``), from the stage cache."""
+        stored = self._pretraining_stage[1]["final_steps"]
+        steps = pd.DataFrame(stored["data"], columns=stored["columns"])
+        return steps.astype({"table_step": "int64", "vocabulary_step": "Int64"})
 
     @cached_property
     def _history(self) -> HistoryRead:
@@ -164,7 +184,7 @@ class DataDecideNext:
 
     def sources(self) -> dict:
         """Where the data came from, with any password redacted."""
-        return {"datadecide": self.pretraining.source, "wandb_store": self.wandb.url_redacted}
+        return {"datadecide": self._pretraining_stage[1]["source"], "wandb_store": self.wandb.url_redacted}
 
     def fingerprint(self) -> str:
         """Digest of the DataDecide files, each run's state and history snapshot, the options and schema version.
@@ -278,7 +298,8 @@ class DataDecideNext:
         _, eval_issues = self._posttraining_evaluations
         links = self.relationships.links
         coercions, orphans = self._history.coercions, self.orphans(links)
-        return build_report(self.pretraining, links, eval_issues, coercions, orphans, training.report)
+        pretraining = self._pretraining_stage[1]["report"]
+        return build_report(pretraining, links, eval_issues, coercions, orphans, training.report)
 
     def orphans(self, links: pd.DataFrame) -> dict[str, int]:
         """History rows no run row claims, per run id (from the store's history snapshot): in no lineage."""
@@ -313,7 +334,7 @@ class DataDecideNext:
                 "_history",
                 "relationships",
                 "_posttraining_evaluations",
-                "_pretraining_metrics",
+                "_pretraining_stage",
                 "training",
             )
         self._read_for = path

@@ -27,7 +27,6 @@ import io
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,7 @@ from ddxr.managers.relationships import LINK_COLUMNS, RunRelationshipManager
 from ddxr.report import build_report, runs_table
 from ddxr.schema import LEVELS, POINT_DIM
 from ddxr.sources.wandb_store import COERCION_FAILURES
+from ddxr.stage_cache import code_digest
 
 if TYPE_CHECKING:
     from ddxr.facade import DataDecideNext
@@ -62,24 +62,15 @@ if TYPE_CHECKING:
 __all__ = ["BUILD_CODE", "Basis", "StoreState", "frame_digest", "refresh_file"]
 
 
-def _code_digest(modules: Iterable[Any]) -> str:
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 #: Digest of the code a build's tables come from: a file built by other code is never refreshed, only rebuilt.
-BUILD_CODE = _code_digest(
-    [
-        ddxr.assemble,
-        ddxr.managers.evaluations,
-        ddxr.managers.naming,
-        ddxr.managers.progression,
-        ddxr.managers.relationships,
-        ddxr.report,
-        ddxr.sources.wandb_store,
-    ]
+BUILD_CODE = code_digest(
+    ddxr.assemble,
+    ddxr.managers.evaluations,
+    ddxr.managers.naming,
+    ddxr.managers.progression,
+    ddxr.managers.relationships,
+    ddxr.report,
+    ddxr.sources.wandb_store,
 )
 _SNAPSHOT = ["rows", "max_id"]
 _STATE = ["digest", "created_text", *_SNAPSHOT]  # columns the basis adds to the runs table
@@ -226,7 +217,7 @@ def _relink(dd: DataDecideNext, run_ids: pd.Index, now_names: pd.Series) -> pd.D
     """Links of ``run_ids`` as a full build gives them: read with every run their parent lookup can reach."""
     frame = dd.wandb.read_runs(list(run_ids), json_columns=LINK_JSON_COLUMNS)
     while True:
-        manager = RunRelationshipManager(frame, dd.pretraining.table)
+        manager = RunRelationshipManager(frame, final_steps=dd.final_steps())
         looked_up = _parent_names(manager.links, frame.set_index("run_id")["run_name"])
         reach = now_names.index[now_names.isin(set(looked_up))].difference(frame["run_id"])
         if reach.empty:
@@ -409,9 +400,13 @@ def refresh_file(dd: DataDecideNext, target: Path, current: Path, attrs_for: Any
 def _refresh(dd: DataDecideNext, target: Path, path: Path, basis: Basis, attrs_for: Any) -> bool:
     state = dd._state()
     merged = _merge(dd, basis, state)
-    pretraining = dd.pretraining
     report = build_report(
-        pretraining, merged.links, merged.issues, merged.coercions, dd.orphans(merged.links), merged.report
+        dd._pretraining_stage[1]["report"],
+        merged.links,
+        merged.issues,
+        merged.coercions,
+        dd.orphans(merged.links),
+        merged.report,
     )
     attrs = attrs_for(report)
     variables = basis.meta["variables"]
@@ -468,7 +463,9 @@ def _grow(
     """
     with netCDF4.Dataset(old_path) as old, netCDF4.Dataset(target, "a") as file:
         old.set_auto_maskandscale(False)
+        old.set_auto_chartostring(False)
         file.set_auto_maskandscale(False)
+        file.set_auto_chartostring(False)  # characters as stored: converting them costs ~1 s a string variable
         if not file.dimensions[POINT_DIM].isunlimited():
             raise FullBuild("the previous file cannot grow (written by an older ddxr)")
         encoded, encoded_runs = _encoded(curves, runs, attrs)
@@ -558,52 +555,83 @@ def _write_coded(
     first: int,
     pieces: list[tuple[str, int, int]],
 ) -> None:
-    """Rewrite the codes, table and plain copy of ``name``: codes renumbered only if the table's order demands it."""
+    """Rewrite the codes, table and plain copy of ``name`` from ``first`` on (all codes if the table's order moved).
+
+    Tables in order of first appearance (string coordinates) keep the values the unchanged points use and append the
+    others; sorted tables (index levels) take the new values in place, which renumbers the codes after them.
+    """
     codes_name, values_name = f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"
-    old_codes = np.asarray(old[codes_name][:])
+    prefix = np.asarray(old[codes_name][:first]).astype(np.int64)
     old_table = np.asarray(old[values_name][:], dtype=object if old[values_name].dtype is str else None)
-    if encoded is None:
-        new_codes, new_table = old_codes[:0], old_table[:0]
-    else:
-        new_codes, new_table = encoded[codes_name].values, np.asarray(encoded[values_name].values)
-    combined = np.concatenate([old_table, new_table.astype(old_table.dtype)])
-    merged = np.concatenate(
+    new_table = old_table[:0] if encoded is None else np.asarray(encoded[values_name].values).astype(old_table.dtype)
+    # the tail's values as positions in the old table followed by the new one
+    tail = np.concatenate(
         [
-            old_codes[:first].astype(np.int64),
+            prefix[:0],
             *(
-                old_codes[start:stop].astype(np.int64)
+                np.asarray(old[codes_name][start:stop]).astype(np.int64)
                 if source == "old"
-                else new_codes[start:stop].astype(np.int64) + len(old_table)
+                else encoded[codes_name].values[start:stop].astype(np.int64) + len(old_table)
                 for source, start, stop in pieces
             ),
         ]
     )
-    if name in LEVELS:  # sorted tables of the values used (ddxr.index.level_codes)
-        distinct, inverse = np.unique(combined, return_inverse=True)
-        values = inverse.reshape(-1)[merged]
-        used = np.flatnonzero(np.bincount(values, minlength=len(distinct)))
-        renumber = np.full(len(distinct), -1)
-        renumber[used] = np.arange(len(used))
-        codes, table = renumber[values], distinct[used]
-    else:  # tables in order of first appearance (ddxr.coders.factorize)
-        ids, distinct = pd.factorize(combined)
-        codes, first_seen = factorize(ids[merged])
-        table = np.asarray(distinct)[first_seen]
+    if name in LEVELS:
+        table, renumber = _sorted_table(old_table, new_table, np.concatenate([prefix, tail]))
+        codes = renumber[tail]
+        moved = not np.array_equal(renumber[prefix], prefix)
+        if moved:
+            codes = np.concatenate([renumber[prefix], codes])
+    else:
+        table, codes = _appended_table(old_table, new_table, prefix, tail)
+        moved = False
     if code_dtype(len(table)) != old[codes_name].dtype or len(table) < len(old_table):
         raise FullBuild(f"the table of {name!r} changed its code type or shrank")
-    start = first if np.array_equal(codes[:first], old_codes[:first]) else 0
-    file[codes_name][start:] = codes[start:].astype(old[codes_name].dtype)
+    file[codes_name][0 if moved else first :] = codes.astype(old[codes_name].dtype)
     file[values_name][:] = table
-    plain = file[name]
-    values = table[codes[first:]]
+    plain, tail_codes = file[name], codes[len(codes) - len(tail) :]
     if plain.dtype.kind == "S":  # fixed-width UTF-8 characters
         width = plain.shape[1]
         utf8 = np.array([value.encode("utf-8") for value in table.tolist()])
         if utf8.dtype.itemsize > width:
             raise FullBuild(f"a new {name!r} is longer than the file's strings")
-        plain[first:] = netCDF4.stringtochar(utf8.astype(f"S{width}")[codes[first:]])
+        # the characters of fixed-width bytes are their bytes: a view (netCDF4.stringtochar loops, ~0.4 s here)
+        plain[first:] = np.ascontiguousarray(utf8.astype(f"S{width}")[tail_codes]).view("S1").reshape(-1, width)
     else:
-        plain[first:] = values
+        plain[first:] = table[tail_codes]
+
+
+def _sorted_table(old: np.ndarray, new: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the sorted table of the values ``used`` (positions in ``old`` then ``new``, both sorted and distinct).
+
+    Also returns the new code of each position (-1: unused). The new values are merged in, not sorted again.
+    """
+    counts = np.bincount(used, minlength=len(old) + len(new))
+    kept_old = np.flatnonzero(counts[: len(old)])
+    kept = old[kept_old]
+    at = np.searchsorted(kept, new)
+    present = at < len(kept)
+    present[present] = kept[at[present]] == new[present]
+    inserted = at[~present]  # sorted: a kept value moves up by the new values inserted before it
+    table = np.insert(kept, inserted, new[~present])
+    renumber = np.full(len(old) + len(new), -1)
+    renumber[kept_old] = np.arange(len(kept)) + np.searchsorted(inserted, np.arange(len(kept)), side="right")
+    renumber[len(old) :] = np.searchsorted(table, new)
+    return table, renumber
+
+
+def _appended_table(
+    old: np.ndarray, new: np.ndarray, prefix: np.ndarray, tail: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the table in order of first appearance and the tail's codes; the ``prefix`` points keep theirs."""
+    known = int(prefix.max()) + 1 if len(prefix) else 0  # the values the prefix uses: the table's first ones
+    ids, distinct = pd.factorize(np.concatenate([old, new]))  # one id per value (old and new may share some)
+    values = ids[tail]
+    later = values >= known
+    codes = values.copy()
+    codes[later], first_seen = factorize(values[later])
+    codes[later] += known
+    return np.concatenate([old[:known], np.asarray(distinct)[first_seen]]), codes
 
 
 def _write_runs(group: netCDF4.Group, encoded: xr.Dataset) -> None:

@@ -39,8 +39,17 @@ def runs_table(links: pd.DataFrame, training: TrainingProgressionManager | None)
     return table
 
 
+def pretraining_report(pretraining: PretrainingEvals) -> dict:
+    """Return the build report's ``pretraining`` section: rows read and cells skipped, by reason."""
+    return {
+        "rows": len(pretraining.table),
+        "skipped_cells": len(pretraining.skipped),
+        "skipped_by_reason": _counts(pretraining.skipped.get("reason")),
+    }
+
+
 def build_report(
-    pretraining: PretrainingEvals,
+    pretraining: dict,
     links: pd.DataFrame,
     eval_issues: pd.DataFrame,
     coercions: Counter,
@@ -51,11 +60,7 @@ def build_report(
     eval_skips = eval_issues[eval_issues["skipped"]]
     unlinked = links.loc[links["link_status"] != "linked", "link_reason"]
     return {
-        "pretraining": {
-            "rows": len(pretraining.table),
-            "skipped_cells": len(pretraining.skipped),
-            "skipped_by_reason": _counts(pretraining.skipped.get("reason")),
-        },
+        "pretraining": pretraining,
         "runs_read": len(links),
         "runs_by_type": _counts(links["run_type"]),
         "runs_by_state": _counts(links["state"]),

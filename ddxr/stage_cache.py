@@ -5,6 +5,9 @@ expensive inputs change far less often than that:
 
 - the DataDecide table (≈1.5 M raw rows to parse) changes only with its files: it is kept as one netCDF file keyed
   by the files' fingerprint (and the parser's code), so a change in the store never parses DataDecide again;
+- what a build takes from that table (the standardized metrics of its ``metrics`` option, the DataDecide part of
+  the report, the final evaluated steps) is kept too, as parquet: a build or refresh after a change in the store
+  reads those few columns, never the whole table (≈2,000 columns);
 - the history of a run that gained no rows is the history it had: the history read for the last build is kept as
   parquet with a per-run snapshot of the store (rows and largest row id per run), and the next build reads from the
   store only the runs that are new or whose snapshot changed (rows added, or the history replaced).
@@ -30,6 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import ddxr.managers.evaluations as evaluations_module
+import ddxr.managers.relationships as relationships_module
 import ddxr.sources.datadecide as datadecide_module
 import ddxr.sources.wandb_store as wandb_store_module
 import ddxr.vocabulary as vocabulary_module
@@ -43,7 +48,7 @@ _METADATA_KEY = "ddxr_stage"  # file metadata (JSON): what the stored table alon
 _COLUMNS_PER_WRITE = 256  # float columns copied into one netCDF write (≈50 MB for the full grid)
 
 
-def _code_digest(*modules: object) -> str:
+def code_digest(*modules: object) -> str:
     """Digest of the source code that produced a stage: a changed parser or vocabulary never reuses old tables."""
     digest = hashlib.sha256()
     for module in modules:
@@ -89,7 +94,7 @@ class StageCache:
             {
                 "files": source.file_stats(),
                 "mean": source.mean,
-                "reader": _code_digest(datadecide_module, vocabulary_module, sys.modules[__name__]),
+                "reader": code_digest(datadecide_module, vocabulary_module, sys.modules[__name__]),
                 "schema_version": SCHEMA_VERSION,
             }
         )
@@ -111,6 +116,32 @@ class StageCache:
         _write_evals(evals, path)
         return evals
 
+    def metrics(
+        self, source: PretrainingSource, metrics: str | list[str], compute: Callable[[], tuple[pd.DataFrame, dict]]
+    ) -> tuple[pd.DataFrame, dict]:
+        """Return the standardized pretraining metrics of the ``metrics`` option and what else a build takes from them.
+
+        ``compute()`` returns ``(table, info)`` (``info``: JSON-able) from the DataDecide table when the stage file of
+        these files, option and code is missing; then both are kept as parquet. A build or refresh then reads the
+        selected metric columns only, never the whole DataDecide table.
+        """
+        key = fingerprint(
+            {
+                "datadecide": self.datadecide_path(source).name,
+                "metrics": metrics,
+                "code": code_digest(evaluations_module, relationships_module, sys.modules[__name__]),
+            }
+        )
+        path = self.folder / f"metrics-{key}.parquet"
+        if path.is_file():
+            table, info = _stage_metadata(path)
+            return table.to_pandas(), info
+        frame, info = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        table = _metadata(pa.Table.from_pandas(frame, preserve_index=False), info)
+        _replace(path, lambda target: pq.write_table(table, target, compression="lz4"))
+        return frame, info
+
     # ------------------------------------------------------------------ history
     def history_path(self, store: WandBStore, keys: Sequence[str]) -> Path:
         """File of the history last read from ``store`` with ``keys``."""
@@ -118,7 +149,7 @@ class StageCache:
             {
                 "store": store.url_redacted,
                 "keys": list(keys),
-                "reader": _code_digest(wandb_store_module),
+                "reader": code_digest(wandb_store_module),
                 "schema_version": SCHEMA_VERSION,
             }
         )

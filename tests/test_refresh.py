@@ -5,15 +5,21 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ddxr.cli import main
+from ddxr.coders import factorize
 from ddxr.facade import DataDecideNext
 from ddxr.managers.relationships import RunRelationshipManager
+from ddxr.refresh import _appended_table, _sorted_table
 from ddxr.sources.wandb_store import WandBStore
+from ddxr.stage_cache import StageCache
 from ddxr.synthetic import generate
 
 
@@ -206,3 +212,51 @@ def test_ddxr_build_says_it_refreshed(tmp_path, capsys):
     assert "refreshed ddxr-" in capsys.readouterr().out
     assert main([*command, "--quiet", "--refresh"]) == 0  # --refresh always builds in full
     assert "full build asked for" in capsys.readouterr().out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=30),
+    st.lists(st.sampled_from("defghijk"), max_size=30),
+    st.data(),
+)
+def test_tables_of_a_refresh_equal_those_of_a_full_write(before, added, data):
+    """Whatever the values kept and added, refreshed tables and codes are what encoding the whole array gives."""
+    first = data.draw(st.integers(0, len(before)))
+    kept = data.draw(st.lists(st.integers(first, len(before) - 1), unique=True)) if first < len(before) else []
+    old_codes, old_table = factorize(np.array(before, dtype=object))
+    new_codes, new_table = factorize(np.array(added, dtype=object))
+    whole = [*before[:first], *(before[i] for i in sorted(kept)), *added]
+    tail = np.concatenate([old_codes[sorted(kept)], new_codes + len(old_table)]).astype(np.int64)
+    prefix = old_codes[:first].astype(np.int64)
+
+    table, codes = _appended_table(old_table, new_table, prefix, tail)  # order of first appearance
+    expected_codes, expected_table = factorize(np.array(whole, dtype=object))
+    assert table.tolist() == expected_table.tolist()
+    assert np.concatenate([prefix, codes]).tolist() == expected_codes.tolist()
+
+    # sorted tables (index levels): both tables sorted, as the writer makes them
+    old_sorted, old_sorted_codes = np.unique(np.array(before, dtype=object), return_inverse=True)
+    new_sorted, new_sorted_codes = np.unique(np.array(added, dtype=object), return_inverse=True)
+    old_used = [old_sorted_codes[:first], old_sorted_codes[sorted(kept)]]
+    used = np.concatenate([*old_used, new_sorted_codes + len(old_sorted)])
+    table, renumber = _sorted_table(old_sorted, new_sorted, used.astype(np.int64))
+    values, expected = np.unique(np.array(whole, dtype=object), return_inverse=True)
+    assert table.tolist() == values.tolist()
+    assert renumber[used].tolist() == expected.tolist()
+
+
+def test_a_refresh_never_reads_the_datadecide_table(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    dpo, _ = store.dpo_and_parent()
+    store.hold([dpo])
+    store.ddxr().dataset()
+    store.restore()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the refresh read the whole DataDecide table")
+
+    monkeypatch.setattr(StageCache, "datadecide", refuse)
+    dd = store.ddxr()
+    dd.dataset()
+    assert dd.refreshed_from is not None, dd.refresh_note

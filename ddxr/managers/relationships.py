@@ -122,6 +122,8 @@ class RunRelationshipManager:
     pretraining : pandas.DataFrame, optional
         DataDecide evaluations (``params, data, seed, step`` and metric columns such as ``hellaswag``), used to find
         the final evaluated step of each base; without it, ``vocabulary.SIZES.final_step``.
+    final_steps : pandas.DataFrame, optional
+        :func:`last_evaluated_steps` of the pretraining table, when already known (then ``pretraining`` is unused).
 
     Attributes
     ----------
@@ -160,9 +162,11 @@ class RunRelationshipManager:
     (5e-05, 1330254868.0)
     """
 
-    def __init__(self, runs: pd.DataFrame, pretraining: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self, runs: pd.DataFrame, pretraining: pd.DataFrame | None = None, final_steps: pd.DataFrame | None = None
+    ) -> None:
         frame = _checked_runs(runs)
-        self.final_steps = last_evaluated_steps(pretraining)
+        self.final_steps = last_evaluated_steps(pretraining) if final_steps is None else final_steps
         own = _own_links(frame, self.final_steps)
         self._chains = _ancestry(own)
         self.links = _inherit(own, self._chains)[LINK_COLUMNS]
