@@ -207,6 +207,16 @@ def test_string_slices_are_lexical_ranges(curves: xr.Dataset) -> None:
     }
 
 
+def test_later_levels_look_beyond_the_points_earlier_levels_kept(curves: xr.Dataset) -> None:
+    # each level after the first is matched on the points still selected; a value carried only by other points is
+    # a valid label (no point has both), a value no point carries is an error, whatever the level order
+    assert curves.sel(params="4M", learning_rate=1e-5).sizes[POINT_DIM] == 0
+    assert curves.sel(learning_rate=[1e-5, 3e-5], params=["4M", "150M"]).sizes[POINT_DIM] > 0
+    assert curves.sel(params="4M", learning_rate=[0.0, 1e-5]).sizes[POINT_DIM] == (curves.params == "4M").sum()
+    with pytest.raises(SelectionError, match="5e-05"):
+        curves.sel(params="4M", learning_rate=[1e-5, 5e-5])
+
+
 def test_empty_slice_gives_zero_points_with_every_column(curves: xr.Dataset) -> None:
     empty = curves.sel(cumulative_tokens=slice(1e30, None))
 
