@@ -768,6 +768,11 @@ def _scheduled_lr(step: np.ndarray, peak: np.ndarray, n_steps: np.ndarray, warmu
     return np.where(step < warmup, rising, falling)
 
 
+def _true_params(plan: pd.DataFrame) -> np.ndarray:
+    """Parameter count of each run's size, per run (looked up once per run, then repeated onto its rows)."""
+    return SIZES["true_params"].reindex(plan["params"]).to_numpy()
+
+
 def _tokens_per_second(params: np.ndarray) -> np.ndarray:
     """Per-device training throughput: ≈2,360 tokens/s for 530M on an L40S, faster for smaller models."""
     return 2360.0 * (530e6 / SIZES["true_params"].reindex(params).to_numpy()) ** 0.35
@@ -786,7 +791,7 @@ def _sft_history(rng: np.random.Generator, sft: pd.DataFrame) -> pd.DataFrame:
     increments = at("logging_steps") * batch * SFT_TOKENS_PER_SEQUENCE * (1 + 0.01 * rng.standard_normal(size))
     tokens = np.round(_group_cumsum(increments, counts))
     lr = at("learning_rate")
-    floor = 2.95 - 0.77 * np.log10(SIZES["true_params"].reindex(at("params")).to_numpy() / 3.7e6)
+    floor = 2.95 - 0.77 * np.log10(_true_params(sft)[run] / 3.7e6)
     floor = floor + 0.12 * np.log10(lr / 5e-5) ** 2  # too small or too large a learning rate ends higher
     loss = floor + 0.5 * np.exp(-5.0 * step / n_steps) + 0.015 * rng.standard_normal(size)
     loss = loss * np.where(at("mess") == "reduce_loss_sum", _SUM_LOSS_SCALE, 1.0)
@@ -840,7 +845,7 @@ def _dpo_history(rng: np.random.Generator, plan: pd.DataFrame) -> pd.DataFrame:
     rewards_chosen = -0.002 + 0.002 * rng.standard_normal(size)
     loss = np.where(step == 1, math.log(2.0), math.log(2.0) - 0.08 * strength * progress)
     accuracy = rng.binomial(64, np.clip(0.45 + 0.1 * strength * progress, 0.0, 1.0)) / 64.0
-    seconds = 6.1 * (SIZES["true_params"].reindex(at("params")).to_numpy() / 3.7e6) ** 0.3
+    seconds = 6.1 * (_true_params(dpo)[run] / 3.7e6) ** 0.3
     runtime = rng.uniform(3000.0, 3700.0, len(dpo))[run] + step * seconds
     batch = _effective_batch(dpo)[run]
     return pd.DataFrame(
