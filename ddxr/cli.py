@@ -201,11 +201,13 @@ def command_build(args: argparse.Namespace) -> None:
         out, reused = write_dataset(curves, runs, args.out), False
     if reused:
         print(f"reused {out} (its sources are unchanged; ddxr build --refresh rebuilds it)")
-    elif dd.refreshed_from is not None:
-        previous, read = dd.refreshed_from
-        print(f"refreshed {previous.name} into {out}: only what changed was read ({len(read)} runs from the store)")
     else:
-        print(f"wrote {out}" + (f" (full build: {dd.refresh_note})" if args.out is None and dd.refresh_note else ""))
+        print(f"wrote {out}")
+        if dd.refreshed_from is not None:
+            previous, read = dd.refreshed_from
+            print(f"refreshed from {previous.name}: only what changed was read ({len(read)} runs from the store)")
+        elif args.out is None and dd.refresh_note:
+            print(f"full build: {dd.refresh_note}")
     print(_format_report(json.loads(curves.attrs["build_report"])))
 
 

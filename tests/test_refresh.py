@@ -209,7 +209,7 @@ def test_ddxr_build_says_it_refreshed(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     store.restore()
     assert main([*command, "--quiet"]) == 0
-    assert "refreshed ddxr-" in capsys.readouterr().out
+    assert "refreshed from ddxr-" in capsys.readouterr().out
     assert main([*command, "--quiet", "--refresh"]) == 0  # --refresh always builds in full
     assert "full build asked for" in capsys.readouterr().out
 
