@@ -132,7 +132,7 @@ def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
             result = step()
     path = dd.cache_path()
     with meter.stage("write"):
-        write_dataset(*result, path)
+        write_dataset(*result, path, dd._basis)  # with the basis a refresh compares with, as dataset() writes it
     curves, _ = result
     linked = dd.relationships.links.query("link_status == 'linked'")["run_id"].tolist()
     return meter.close() | {
