@@ -186,7 +186,8 @@ class NullableBooleanCoder(VariableCoder):
         codes = np.where(pd.isna(values), -1, values == True).astype(np.int8)  # noqa: E712 (elementwise, objects)
         attrs = {**variable.attrs, "dtype": NULLABLE_BOOLEAN, "flag_values": np.array([0, 1], np.int8)}
         attrs["flag_meanings"] = "false true"
-        return xr.Variable(variable.dims, codes, attrs=attrs, encoding={**variable.encoding, "_FillValue": -1})
+        encoding = {**variable.encoding, "_FillValue": -1}
+        return xr.Variable(variable.dims, codes, attrs=attrs, encoding=encoding, fastpath=True)
 
     def decode(self, variable: xr.Variable, name: Hashable | None = None) -> xr.Variable:
         """Decode True/False/None from the int8 codes (-1: missing) or their masked float form (NaN: missing)."""
@@ -201,7 +202,7 @@ class NullableBooleanCoder(VariableCoder):
             key: value for key, value in variable.attrs.items() if key not in ("dtype", "flag_values", "flag_meanings")
         }
         encoding = {key: value for key, value in variable.encoding.items() if key != "_FillValue"}
-        return xr.Variable(variable.dims, values, attrs=attrs, encoding=encoding)
+        return xr.Variable(variable.dims, values, attrs=attrs, encoding=encoding, fastpath=True)
 
 
 class CategoricalCoder:
@@ -240,17 +241,16 @@ class CategoricalCoder:
         return {
             name: variable,
             f"{name}{CODES_SUFFIX}": xr.Variable(
-                dim, np.asarray(codes, dtype=code_dtype(len(uniques))), attrs=codes_attrs
+                dim, np.asarray(codes, dtype=code_dtype(len(uniques))), attrs=codes_attrs, fastpath=True
             ),
-            table: xr.Variable(f"{name}{VALUE_DIM_SUFFIX}", uniques),
+            table: xr.Variable(f"{name}{VALUE_DIM_SUFFIX}", uniques, fastpath=True),
         }
 
     def decode(self, name: str, codes: xr.Variable, values: xr.Variable) -> xr.Variable:
         """Return the variable from its codes and table (eager); attrs come from the codes variable."""
         table = checked_table(name, codes, values)
-        return xr.Variable(
-            codes.dims, table.take(checked_codes(name, np.asarray(codes.values), len(table))), attrs=codes_attrs(codes)
-        )
+        values = table.take(checked_codes(name, np.asarray(codes.values), len(table)))
+        return xr.Variable(codes.dims, values, attrs=codes_attrs(codes), fastpath=True)
 
 
 def code_dtype(size: int) -> np.dtype:
