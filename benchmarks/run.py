@@ -11,8 +11,8 @@ a store read before would be, dropped at the end):
 Each measured step runs in a fresh process (its peak RSS is its own; the build's stages share one process, as in a
 real build) with a fresh cache folder, so the build is cold:
 
-- stages of ``DataDecideNext.build`` (read DataDecide, read store runs, link, read store history, assemble), then
-  write and open + sweep ``.sel`` + ``to_dataframe()``: wall time, CPU time and peak RSS each;
+- stages of ``DataDecideNext.build`` (fingerprint sources, read DataDecide, read store runs, link, read store history,
+  assemble), then write and open + sweep ``.sel`` + ``to_dataframe()``: wall time, CPU time and peak RSS each;
 - the floor: a bare ``COPY (SELECT run_id, step, …, metrics->>'…') TO STDOUT`` of exactly the history the build reads,
   against ``WandBStore.iter_history`` of the same rows (best of 2 each);
 - the refresh: 50 runs added to the store, then ``DataDecideNext.dataset()`` on the same cache folder.

@@ -158,7 +158,8 @@ class DataDecideNext:
         def bar(chunks):
             return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
 
-        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, chunks=bar)
+        snapshot = self._state().snapshot  # the fingerprint's, taken before this read
+        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, chunks=bar, snapshot=snapshot)
 
     @cached_property
     def training(self) -> TrainingProgressionManager:
@@ -229,9 +230,12 @@ class DataDecideNext:
         """Return the steps of :meth:`build` in order, as ``(label, step)``; the last step returns ``(curves, runs)``.
 
         Each step computes what the next ones use (and keeps it), so running them one by one (a benchmark timing
-        each) does exactly what :meth:`build` does.
+        each) does exactly what :meth:`build` does. The first fingerprints the sources: it names the cache file and
+        keeps the store's state, which the build report and a later refresh compare with.
         """
-        self._current_cache_path()
+        return [("fingerprint sources", self._current_cache_path), *self._reading_stages()]
+
+    def _reading_stages(self) -> list[tuple[str, Callable[[], object]]]:
         return [
             ("read DataDecide", lambda: self._pretraining_metrics),
             ("read store runs", lambda: (self._store_runs, self._evaluation_entries)),
@@ -249,7 +253,9 @@ class DataDecideNext:
         the build goes (the raw run rows once linked; :attr:`training` and :attr:`pretraining` before the curves are
         made) and read or built again if used afterwards.
         """
-        stages = self.build_stages()
+        return self._run(self.build_stages())
+
+    def _run(self, stages: list[tuple[str, Callable[[], object]]]) -> tuple[xr.Dataset, xr.Dataset]:
         with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
             for label, stage in stages:
                 bar.set_postfix_str(label)
@@ -368,7 +374,8 @@ class DataDecideNext:
 
         def build() -> tuple[xr.Dataset, xr.Dataset, dict[str, bytes]]:
             self.refreshed_from = None
-            return (*self.build(), self._basis)
+            # the sources were just fingerprinted: fingerprinting again would cost another scan of the history
+            return (*self._run(self._reading_stages()), self._basis)
 
         if refresh:
             self.refresh_note = "full build asked for (refresh=True)"

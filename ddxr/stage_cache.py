@@ -155,7 +155,14 @@ class StageCache:
         )
         return self.folder / f"history-{key}.parquet"
 
-    def history(self, store: WandBStore, run_ids: Sequence[str], keys: Sequence[str], chunks=iter) -> HistoryRead:
+    def history(
+        self,
+        store: WandBStore,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        chunks=iter,
+        snapshot: pd.DataFrame | None = None,
+    ) -> HistoryRead:
         """History of ``run_ids``: unchanged runs from the stage file, the others from the store; then kept.
 
         Parameters
@@ -167,6 +174,9 @@ class StageCache:
             Metric keys.
         chunks : callable, default iter
             Wraps the iterator of chunks read from the store (a progress bar).
+        snapshot : pandas.DataFrame, optional
+            :meth:`WandBStore.history_snapshot` taken before this call (each takes a scan of the history table);
+            taken here when not given.
 
         Returns
         -------
@@ -174,7 +184,8 @@ class StageCache:
         """
         path = self.history_path(store, keys)
         dtype = pd.CategoricalDtype(pd.Index(list(run_ids), dtype=object).unique())
-        snapshot = store.history_snapshot()  # before the read: rows added meanwhile only make the next read larger
+        if snapshot is None:  # before the read: rows added meanwhile only make the next read larger
+            snapshot = store.history_snapshot()
         cached = _read_history(path, snapshot, dtype)
         frames, coercions = [], Counter(dict.fromkeys(keys, 0))  # every key, read or not: the report lists them all
         to_read = dtype.categories

@@ -152,6 +152,21 @@ def test_dataset_is_cached_by_fingerprint_and_rebuilt_when_stale(tmp_path):
     assert refreshed.attrs["created"] >= first.attrs["created"]
 
 
+def test_a_cold_dataset_scans_the_store_history_once(tmp_path, monkeypatch):
+    # each history snapshot scans the whole history table (seconds on a large store): dataset() needs one
+    truth = generate(tmp_path / "sources", n_runs=10, messy=False)
+    from ddxr.sources.wandb_store import WandBStore
+
+    scans = []
+    snapshot = WandBStore.history_snapshot
+    monkeypatch.setattr(WandBStore, "history_snapshot", lambda self: scans.append(1) or snapshot(self))
+    dd = DataDecideNext(tmp_path / "sources", truth.store_url, cache_dir=tmp_path / "cache", progress=False)
+    dd.dataset()
+    assert len(scans) == 1
+    dd.build()  # a build on its own fingerprints the sources as they are now
+    assert len(scans) == 2
+
+
 def test_password_never_reaches_the_file(tmp_path, make_pg_url):
     url = make_pg_url().replace("postgres@", "postgres:s3cret-pw@")
     truth = generate(tmp_path / "sources", store_url=url, n_runs=20, messy=False)
