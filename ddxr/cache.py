@@ -738,7 +738,30 @@ class _ReadStore(xr.backends.NetCDF4DataStore):
         variable = super().open_store_variable(name, var)
         if variable.encoding.get("dtype") is str:
             del variable.encoding["dtype"]
+        if self._group is None and isinstance(self._manager, SharedFileManager) and variable.dtype.kind in "biuf":
+            variable.data = indexing.LazilyIndexedArray(_SharedFileArray(name, self))
         return variable
+
+
+def _forward(item: Any) -> bool:
+    return isinstance(item, int | np.integer) or (isinstance(item, slice) and (item.step or 1) > 0)
+
+
+class _SharedFileArray(NetCDF4ArrayWrapper):
+    """xarray's netCDF4 array of a number variable, read through the shared file's h5py companion.
+
+    netCDF-C asks every variable of the file for its extent at each read (the ``point`` dimension is unlimited):
+    ~1 µs per variable in the file, 180 µs a read in a file of 160 variables, where h5py takes 5 µs (ddxr.handles).
+    Keys of integers and forward slices go to h5py (xarray turns backward slices into forward ones first); any
+    other key is read by netCDF4 as before.
+    """
+
+    __slots__ = ()
+
+    def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+        if all(_forward(item) for item in key):
+            return self.datastore._manager.hdf5_variable(self.variable_name)[key]
+        return super()._getitem(key)
 
 
 def _remembered_curves(manager: SharedFileManager, path: Path, drop: list[Hashable]) -> xr.Dataset:
@@ -955,7 +978,9 @@ class _PointArray(BackendArray):
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
         (positions,) = key
         try:
-            if isinstance(positions, slice) or np.ndim(positions) == 0:
+            if isinstance(positions, slice):
+                values = self._slice(positions)
+            elif np.ndim(positions) == 0:
                 values = self._basic(positions)
             else:
                 positions = np.asarray(positions, dtype=np.int64)
@@ -966,6 +991,15 @@ class _PointArray(BackendArray):
 
     def _basic(self, key: slice | int) -> np.ndarray:
         return np.asarray(self.array[indexing.BasicIndexer((key,))])
+
+    def _slice(self, key: slice) -> np.ndarray:
+        """Read a slice forwards, reversing backward ones in memory (xarray's own split fails on empty ones)."""
+        picked = range(*key.indices(self.shape[0]))
+        if not picked:
+            return self._basic(slice(0, 0))
+        if picked.step > 0:
+            return self._basic(slice(picked.start, picked.stop, picked.step))
+        return self._basic(slice(picked[-1], picked[0] + 1, -picked.step))[::-1]
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         touched = np.flatnonzero(np.bincount(positions // self.chunk))  # a file has few chunks: count, not sort

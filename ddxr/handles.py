@@ -1,5 +1,10 @@
 """One open netCDF4 handle per version of a file, shared by every Dataset opened from it in this process.
 
+Each handle has an HDF5 companion (h5py, read-only) opened with it on the same file: point variables are read
+through it. netCDF-C works out the length of an unlimited dimension on every read by asking each variable of the
+group for its extent, so a read of a cache file (whose ``point`` dimension is unlimited, for refreshes) costs ~1 µs
+per variable in the file: 180 µs a read in a file of 160 variables, 2 ms in one of 1,900, where h5py takes 5 µs.
+
 netCDF-C/HDF5 crash on opening a file that is already open through other handles when the garbage collector has
 closed some of them (pydata/xarray#8289). Opening every file through one shared handle avoids the situation without
 reading the file into memory: variables are read from disk when used.
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import netCDF4
 from xarray.backends.file_manager import FileManager
 from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
@@ -71,14 +77,16 @@ class FileVersion:
 
 
 class _Handle:
-    """An open netCDF4 Dataset, closed when the last manager holding it is gone."""
+    """An open netCDF4 Dataset and its HDF5 companion, closed when the last manager holding them is gone."""
 
-    __slots__ = ("__weakref__", "dataset")
+    __slots__ = ("__weakref__", "dataset", "hdf5", "hdf5_variables")
 
-    def __init__(self, dataset: netCDF4.Dataset) -> None:
+    def __init__(self, dataset: netCDF4.Dataset, hdf5: h5py.File) -> None:
         self.dataset = dataset
-        # not at interpreter exit: the netCDF4 module may be torn down already, and the OS closes files anyway
-        weakref.finalize(self, _close, dataset).atexit = False
+        self.hdf5 = hdf5
+        self.hdf5_variables: dict[str, h5py.Dataset] = {}  # looked up once each (a lookup costs ~80 µs)
+        # not at interpreter exit: the modules may be torn down already, and the OS closes files anyway
+        weakref.finalize(self, _close, dataset, hdf5).atexit = False
 
 
 @dataclass
@@ -109,6 +117,16 @@ class SharedFileManager(FileManager):
         if self._handle is None:  # xarray reads with needs_lock=False while holding the netCDF lock
             self._handle = _shared_handle(self.version, needs_lock)
         return self._handle.dataset
+
+    def hdf5_variable(self, name: str) -> h5py.Dataset:
+        """Return the root-group variable ``name`` of the shared file as an h5py Dataset (opened on first use)."""
+        handle = self._handle
+        if handle is None:
+            handle = self._handle = _shared_handle(self.version)
+        variable = handle.hdf5_variables.get(name)
+        if variable is None:
+            variable = handle.hdf5_variables[name] = handle.hdf5[name]
+        return variable
 
     @contextmanager
     def acquire_context(self, needs_lock: bool = True) -> Iterator[netCDF4.Dataset]:
@@ -212,15 +230,17 @@ def _shared_handle(version: FileVersion, needs_lock: bool = True, check: bool = 
             )
         while _UNCLOSED:
             _UNCLOSED.pop().close()
-        handle = _OPEN[version] = _Handle(_opened(version.path))
+        handle = _OPEN[version] = _Handle(*_opened(version.path))
         return handle
 
 
-def _opened(path: str) -> netCDF4.Dataset:
-    """Open ``path`` read-only, each variable keeping at most :data:`CHUNK_CACHE` bytes of decompressed chunks.
+def _opened(path: str) -> tuple[netCDF4.Dataset, h5py.File]:
+    """Open ``path`` read-only with netCDF4 and with h5py, each variable caching :data:`CHUNK_CACHE` bytes of chunks.
 
     netCDF-C's default, 64 MiB a variable, keeps every chunk a Dataset ever read while the file is open: a whole
-    medium file loaded once left 1.35 GB behind in a recent file's handle.
+    medium file loaded once left 1.35 GB behind in a recent file's handle. The h5py file takes no lock: ddxr never
+    writes a file in place, and a lock of this second HDF5 library would stop another program's netCDF writer.
+    Both open the file at ``path`` now; the caller checks it is still the version it means.
     """
     dataset = netCDF4.Dataset(path, mode="r")
     groups = [dataset]
@@ -229,7 +249,12 @@ def _opened(path: str) -> netCDF4.Dataset:
         groups.extend(group.groups.values())
         for variable in group.variables.values():
             variable.set_var_chunk_cache(size=CHUNK_CACHE)
-    return dataset
+    try:
+        hdf5 = h5py.File(path, "r", locking=False, rdcc_nbytes=CHUNK_CACHE)
+    except OSError:
+        dataset.close()
+        raise
+    return dataset, hdf5
 
 
 def recent_memo(manager: SharedFileManager) -> dict[str, Any]:
@@ -271,8 +296,9 @@ def _current(path: str) -> FileVersion | None:
     return None if current is None else current[0]
 
 
-def _close(dataset: netCDF4.Dataset) -> None:
+def _close(dataset: netCDF4.Dataset, hdf5: h5py.File) -> None:
     """Close a handle whose last user is gone; later if a read holds the netCDF lock (this may run inside one)."""
+    hdf5.close()  # h5py locks its own calls: a read in progress finishes first
     if NETCDF4_PYTHON_LOCK.acquire(blocking=False):
         try:
             dataset.close()

@@ -295,6 +295,29 @@ def test_lazy_reads_match_memory_for_any_positional_key(
         xr.testing.assert_identical(opened.isel({POINT_DIM: key}).load(), example[0].isel({POINT_DIM: key}))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(-60, 60) | st.none(), stop=st.integers(-60, 60) | st.none(), step=st.integers(-7, 7))
+def test_lazy_reads_match_memory_for_any_slice(grid_file: Path, start: int | None, stop: int | None, step: int) -> None:
+    key = slice(start, stop, step or None)
+    with open_dataset(grid_file) as opened:
+        eager = opened.load()
+    with open_dataset(grid_file) as opened:
+        xr.testing.assert_identical(opened.isel({POINT_DIM: key}).load(), eager.isel({POINT_DIM: key}))
+
+
+def test_point_reads_bypass_netcdf_c(written: Path, example: tuple[xr.Dataset, xr.Dataset], monkeypatch) -> None:
+    # netCDF-C asks every variable of the file for its extent at each read (an unlimited dimension): on files of
+    # many variables that dominates a sweep's export, so point variables are read through h5py
+    with open_dataset(written) as opened:
+        sweep = opened.isel({POINT_DIM: [0, 3, 4, 40]})
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a point variable was read through netCDF-C")
+
+        monkeypatch.setattr(xr.backends.netCDF4_.NetCDF4ArrayWrapper, "_getitem", refused)
+        xr.testing.assert_identical(sweep.load(), example[0].isel({POINT_DIM: [0, 3, 4, 40]}))
+
+
 def test_open_does_not_read_the_whole_file(tmp_path: Path) -> None:
     curves = grid_curves(post_steps=50_000, noise_variables=20)
     path = write_dataset(curves, xr.Dataset(), tmp_path / "big.nc")
