@@ -13,14 +13,16 @@ Prints, per measurement: wall and CPU seconds, the peak resident memory right af
     python benchmarks/bench_lazy.py [--file /tmp/ddxr-bench.nc] [--metric NAME] [--threads 2] [--chunk 262144]
                                     [--post-lineages 2000] [--steps 1000]
 
-On the large build (10,000 runs: 10.17 M points x 159 variables, 412 MB; ``olmes_9_average``; load 3.2-3.5) every
-analysis gives the same result with and without chunks ({"point": 262144}, 2 threads):
+On the large build (10,000 runs: 10.17 M points x 159 variables, 439 MB; ``olmes_9_average``; 2026-12-07, load
+about 1, number variables read through h5py) every analysis gives the same result with and without chunks
+({"point": 262144}, 2 threads):
 
-    measurement            chunks  wall s  CPU s  peak GiB
-    mean_over_seeds        none     39.6    26.8     7.67   (the open's memory cache keeps every metric read)
-    mean_over_seeds        262144   29.8    20.3     1.96
-    at_tokens              262144   20.5    15.2     1.96
-    decision_accuracy      262144    6.9     6.7     1.92
+    measurement                  chunks  wall s  CPU s  peak GiB
+    open + sweep + to_dataframe  none      0.92   0.91     0.57   (a first open: decodes the index of 10 M points)
+    mean_over_seeds              none     28.1   28.2      7.71   (the open's memory cache keeps every metric read)
+    mean_over_seeds              262144   18.3   18.6      1.97
+    at_tokens                    262144   14.2   14.4      2.13
+    decision_accuracy            262144    6.6    6.8      1.97
 
 With chunks the peak is the point table of ``frames.point_coords`` (one row per point) plus a batch of metrics. It
 was 4.0-4.5 GiB while that table copied every point's text into Arrow strings (1 GB for ``lineage`` alone).
