@@ -471,10 +471,12 @@ def _grow(
         first, pieces, size = _layout(file, encoded, created, rebuilt)
         if size < file.dimensions[POINT_DIM].size:
             raise FullBuild("the curves lost points (a file cannot shrink in place)")
+        # every point of the file stays where it is: only points are appended (the usual refresh)
+        appended = first == file.dimensions[POINT_DIM].size and all(source == "new" for source, _, _ in pieces)
         coded = {file[name].getncattr(DECODES_ATTR): name for name in file.variables if name.endswith(CODES_SUFFIX)}
         written = set()
         for name in coded:
-            _write_coded(file, encoded, name, first, pieces)
+            _write_coded(file, encoded, name, first, pieces, appended)
             written |= {name, f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"}
         for name, variable in file.variables.items():
             if name in written or variable.dimensions != (POINT_DIM,):
@@ -552,20 +554,23 @@ def _write_coded(
     name: str,
     first: int,
     pieces: list[tuple[str, int, int]],
+    appended: bool,
 ) -> None:
     """Rewrite the codes, table and plain copy of ``name`` from ``first`` on (all codes if the table's order moved).
 
     Tables in order of first appearance (string coordinates) keep the values the unchanged points use and append the
     others; sorted tables (index levels) take the new values in place, which renumbers the codes after them.
+    ``appended``: every point of the file stays, so the unchanged points use every value of each table (a table
+    holds exactly the values its points use) and their codes are read only if they must be renumbered.
     """
     codes_name, values_name = f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"
-    prefix = np.asarray(file[codes_name][:first]).astype(np.int64)
+    prefix = None if appended else np.asarray(file[codes_name][:first]).astype(np.int64)
     old_table = np.asarray(file[values_name][:], dtype=object if file[values_name].dtype is str else None)
     new_table = old_table[:0] if encoded is None else np.asarray(encoded[values_name].values).astype(old_table.dtype)
     # the tail's values as positions in the old table followed by the new one
     tail = np.concatenate(
         [
-            prefix[:0],
+            np.zeros(0, np.int64),
             *(
                 np.asarray(file[codes_name][start:stop]).astype(np.int64)
                 if source == "old"
@@ -575,13 +580,20 @@ def _write_coded(
         ]
     )
     if name in LEVELS:
-        table, renumber = _sorted_table(old_table, new_table, np.concatenate([prefix, tail]))
+        table, renumber = _sorted_table(
+            old_table, new_table, None if prefix is None else np.concatenate([prefix, tail])
+        )
         codes = renumber[tail]
-        moved = not np.array_equal(renumber[prefix], prefix)
+        if prefix is None:
+            moved = not np.array_equal(renumber[: len(old_table)], np.arange(len(old_table)))
+            prefix = np.asarray(file[codes_name][:first]).astype(np.int64) if moved else prefix
+        else:
+            moved = not np.array_equal(renumber[prefix], prefix)
         if moved:
             codes = np.concatenate([renumber[prefix], codes])
     else:
-        table, codes = _appended_table(old_table, new_table, prefix, tail)
+        known = len(old_table) if prefix is None else int(prefix.max()) + 1 if len(prefix) else 0
+        table, codes = _appended_table(old_table, new_table, known, tail)
         moved = False
     if code_dtype(len(table)) != file[codes_name].dtype or len(table) < len(old_table):
         raise FullBuild(f"the table of {name!r} changed its code type or shrank")
@@ -599,14 +611,17 @@ def _write_coded(
         plain[first:] = table[tail_codes]
 
 
-def _sorted_table(old: np.ndarray, new: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_table(old: np.ndarray, new: np.ndarray, used: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Return the sorted table of the values ``used`` (positions in ``old`` then ``new``, both sorted and distinct).
 
     Also returns the new code of each position (-1: unused). The new values are merged in, not sorted again.
+    ``used`` None: every value of ``old`` and ``new``.
     """
-    counts = np.bincount(used, minlength=len(old) + len(new))
-    kept_old = np.flatnonzero(counts[: len(old)])
-    kept = old[kept_old]
+    if used is None:
+        kept_old, kept = np.arange(len(old)), old
+    else:
+        kept_old = np.flatnonzero(np.bincount(used, minlength=len(old) + len(new))[: len(old)])
+        kept = old[kept_old]
     at = np.searchsorted(kept, new)
     present = at < len(kept)
     present[present] = kept[at[present]] == new[present]
@@ -619,11 +634,11 @@ def _sorted_table(old: np.ndarray, new: np.ndarray, used: np.ndarray) -> tuple[n
     return table, renumber
 
 
-def _appended_table(
-    old: np.ndarray, new: np.ndarray, prefix: np.ndarray, tail: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the table in order of first appearance and the tail's codes; the ``prefix`` points keep theirs."""
-    known = int(prefix.max()) + 1 if len(prefix) else 0  # the values the prefix uses: the table's first ones
+def _appended_table(old: np.ndarray, new: np.ndarray, known: int, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the table in order of first appearance and the tail's codes.
+
+    The unchanged points keep their codes: they use the ``known`` first values of ``old``.
+    """
     ids, distinct = pd.factorize(np.concatenate([old, new]))  # one id per value (old and new may share some)
     values = ids[tail]
     later = values >= known

@@ -230,7 +230,10 @@ def test_tables_of_a_refresh_equal_those_of_a_full_write(before, added, data):
     tail = np.concatenate([old_codes[sorted(kept)], new_codes + len(old_table)]).astype(np.int64)
     prefix = old_codes[:first].astype(np.int64)
 
-    table, codes = _appended_table(old_table, new_table, prefix, tail)  # order of first appearance
+    known = int(prefix.max()) + 1 if len(prefix) else 0  # the values the unchanged points use: the first ones
+    if first == len(before):  # only appended points: the unchanged ones use every value (what a refresh assumes)
+        assert known == len(old_table)
+    table, codes = _appended_table(old_table, new_table, known, tail)  # order of first appearance
     expected_codes, expected_table = factorize(np.array(whole, dtype=object))
     assert table.tolist() == expected_table.tolist()
     assert np.concatenate([prefix, codes]).tolist() == expected_codes.tolist()
@@ -244,6 +247,10 @@ def test_tables_of_a_refresh_equal_those_of_a_full_write(before, added, data):
     values, expected = np.unique(np.array(whole, dtype=object), return_inverse=True)
     assert table.tolist() == values.tolist()
     assert renumber[used].tolist() == expected.tolist()
+    if first == len(before):  # the refresh's shortcut: every value of both tables is used
+        table, renumber = _sorted_table(old_sorted, new_sorted, None)
+        assert table.tolist() == values.tolist()
+        assert renumber[used].tolist() == expected.tolist()
 
 
 def test_a_refresh_never_reads_the_datadecide_table(tmp_path, monkeypatch):
