@@ -127,10 +127,11 @@ def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
 
     meter = StageMeter()
     dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
+    results = []
     for label, step in dd.build_stages():
         with meter.stage(label):
-            result = step()
-    path = dd.cache_path()
+            results.append(step())
+    path, result = results[0], results[-1]  # the fingerprint names the file; the last stage gives the Datasets
     with meter.stage("write"):
         write_dataset(*result, path, dd._basis)  # with the basis a refresh compares with, as dataset() writes it
     curves, _ = result

@@ -159,7 +159,7 @@ class DataDecideNext:
             return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
 
         snapshot = self._state().snapshot  # the fingerprint's, taken before this read
-        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, chunks=bar, snapshot=snapshot)
+        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
 
     @cached_property
     def training(self) -> TrainingProgressionManager:
@@ -253,9 +253,9 @@ class DataDecideNext:
         the build goes (the raw run rows once linked; :attr:`training` and :attr:`pretraining` before the curves are
         made) and read or built again if used afterwards.
         """
-        return self._run(self.build_stages())
+        return self._run_stages(self.build_stages())
 
-    def _run(self, stages: list[tuple[str, Callable[[], object]]]) -> tuple[xr.Dataset, xr.Dataset]:
+    def _run_stages(self, stages: list[tuple[str, Callable[[], object]]]) -> tuple[xr.Dataset, xr.Dataset]:
         with progress_bar(total=len(stages), desc="ddxr build", unit="stage", enabled=self.progress) as bar:
             for label, stage in stages:
                 bar.set_postfix_str(label)
@@ -375,7 +375,7 @@ class DataDecideNext:
         def build() -> tuple[xr.Dataset, xr.Dataset, dict[str, bytes]]:
             self.refreshed_from = None
             # the sources were just fingerprinted: fingerprinting again would cost another scan of the history
-            return (*self._run(self._reading_stages()), self._basis)
+            return (*self._run_stages(self._reading_stages()), self._basis)
 
         if refresh:
             self.refresh_note = "full build asked for (refresh=True)"

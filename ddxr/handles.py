@@ -1,9 +1,10 @@
 """One open netCDF4 handle per version of a file, shared by every Dataset opened from it in this process.
 
-Each handle has an HDF5 companion (h5py, read-only) opened with it on the same file: point variables are read
-through it. netCDF-C works out the length of an unlimited dimension on every read by asking each variable of the
-group for its extent, so a read of a cache file (whose ``point`` dimension is unlimited, for refreshes) costs ~1 µs
-per variable in the file: 180 µs a read in a file of 160 variables, 2 ms in one of 1,900, where h5py takes 5 µs.
+Each handle has an HDF5 companion (h5py, read-only) opened with it on the same file: number variables of the root
+group are read through it. netCDF-C works out the length of an unlimited dimension on every read by asking each
+variable of the group for its extent, so a read of a cache file (whose ``point`` dimension is unlimited, for
+refreshes) costs ~1 µs per variable in the file: 180 µs a read in a file of 160 variables, 2 ms in one of 1,900,
+where h5py takes 5 µs.
 
 netCDF-C/HDF5 crash on opening a file that is already open through other handles when the garbage collector has
 closed some of them (pydata/xarray#8289). Opening every file through one shared handle avoids the situation without
@@ -114,19 +115,20 @@ class SharedFileManager(FileManager):
 
     def acquire(self, needs_lock: bool = True) -> netCDF4.Dataset:
         """Return the shared open file (opened on first use)."""
-        if self._handle is None:  # xarray reads with needs_lock=False while holding the netCDF lock
-            self._handle = _shared_handle(self.version, needs_lock)
-        return self._handle.dataset
+        return self._held(needs_lock).dataset
 
     def hdf5_variable(self, name: str) -> h5py.Dataset:
         """Return the root-group variable ``name`` of the shared file as an h5py Dataset (opened on first use)."""
-        handle = self._handle
-        if handle is None:
-            handle = self._handle = _shared_handle(self.version)
+        handle = self._held()
         variable = handle.hdf5_variables.get(name)
         if variable is None:
             variable = handle.hdf5_variables[name] = handle.hdf5[name]
         return variable
+
+    def _held(self, needs_lock: bool = True) -> _Handle:
+        if self._handle is None:  # xarray reads with needs_lock=False while holding the netCDF lock
+            self._handle = _shared_handle(self.version, needs_lock)
+        return self._handle
 
     @contextmanager
     def acquire_context(self, needs_lock: bool = True) -> Iterator[netCDF4.Dataset]:

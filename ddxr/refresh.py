@@ -564,7 +564,11 @@ def _write_coded(
     holds exactly the values its points use) and their codes are read only if they must be renumbered.
     """
     codes_name, values_name = f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"
-    prefix = None if appended else np.asarray(file[codes_name][:first]).astype(np.int64)
+
+    def unchanged_codes() -> np.ndarray:
+        return np.asarray(file[codes_name][:first]).astype(np.int64)
+
+    prefix = None if appended else unchanged_codes()
     old_table = np.asarray(file[values_name][:], dtype=object if file[values_name].dtype is str else None)
     new_table = old_table[:0] if encoded is None else np.asarray(encoded[values_name].values).astype(old_table.dtype)
     # the tail's values as positions in the old table followed by the new one
@@ -580,19 +584,20 @@ def _write_coded(
         ]
     )
     if name in LEVELS:
-        table, renumber = _sorted_table(
-            old_table, new_table, None if prefix is None else np.concatenate([prefix, tail])
-        )
+        used = None if prefix is None else np.concatenate([prefix, tail])
+        table, renumber = _sorted_table(old_table, new_table, used)
         codes = renumber[tail]
-        if prefix is None:
+        if prefix is None:  # every old value is used: the unchanged codes move when a value lands before one
             moved = not np.array_equal(renumber[: len(old_table)], np.arange(len(old_table)))
-            prefix = np.asarray(file[codes_name][:first]).astype(np.int64) if moved else prefix
         else:
             moved = not np.array_equal(renumber[prefix], prefix)
         if moved:
-            codes = np.concatenate([renumber[prefix], codes])
+            codes = np.concatenate([renumber[unchanged_codes() if prefix is None else prefix], codes])
     else:
-        known = len(old_table) if prefix is None else int(prefix.max()) + 1 if len(prefix) else 0
+        if prefix is None:
+            known = len(old_table)
+        else:  # the values the unchanged points use: the table's first ones
+            known = int(prefix.max()) + 1 if len(prefix) else 0
         table, codes = _appended_table(old_table, new_table, known, tail)
         moved = False
     if code_dtype(len(table)) != file[codes_name].dtype or len(table) < len(old_table):

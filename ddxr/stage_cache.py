@@ -160,8 +160,8 @@ class StageCache:
         store: WandBStore,
         run_ids: Sequence[str],
         keys: Sequence[str],
+        snapshot: pd.DataFrame,
         chunks=iter,
-        snapshot: pd.DataFrame | None = None,
     ) -> HistoryRead:
         """History of ``run_ids``: unchanged runs from the stage file, the others from the store; then kept.
 
@@ -172,11 +172,11 @@ class StageCache:
             Runs to read.
         keys : sequence of str
             Metric keys.
+        snapshot : pandas.DataFrame
+            :meth:`WandBStore.history_snapshot` taken before this call: rows added meanwhile only make the next read
+            larger (each snapshot takes a scan of the history table, so the caller's fingerprint lends its own).
         chunks : callable, default iter
             Wraps the iterator of chunks read from the store (a progress bar).
-        snapshot : pandas.DataFrame, optional
-            :meth:`WandBStore.history_snapshot` taken before this call (each takes a scan of the history table);
-            taken here when not given.
 
         Returns
         -------
@@ -184,8 +184,6 @@ class StageCache:
         """
         path = self.history_path(store, keys)
         dtype = pd.CategoricalDtype(pd.Index(list(run_ids), dtype=object).unique())
-        if snapshot is None:  # before the read: rows added meanwhile only make the next read larger
-            snapshot = store.history_snapshot()
         cached = _read_history(path, snapshot, dtype)
         frames, coercions = [], Counter(dict.fromkeys(keys, 0))  # every key, read or not: the report lists them all
         to_read = dtype.categories
