@@ -15,7 +15,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from ddxr.index import level_codes, point_coordinates
+from ddxr.index import level_codes, point_coordinates, with_pandas_index
 from ddxr.managers.evaluations import HISTORY_VARIABLES
 from ddxr.schema import COORDS, KEYS, LEVELS, POINT_DIM, validate_points
 
@@ -316,6 +316,6 @@ def assemble_runs(runs: pd.DataFrame) -> xr.Dataset:
         data_vars[name] = xr.Variable("run", values, fastpath=True)
     run_ids = xr.Variable("run", table.index.astype(str).to_numpy(dtype=object), fastpath=True)
     dataset = xr.Dataset(data_vars, coords={"run_id": run_ids})
-    dataset = dataset.set_xindex("run_id")
+    dataset = with_pandas_index(dataset, "run_id")
     dataset.attrs["missing_values"] = f'strings "", integers {MISSING_INT}, floats NaN, booleans None; timestamps UTC'
     return dataset

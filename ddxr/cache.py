@@ -68,7 +68,7 @@ from ddxr.coders import (
 )
 from ddxr.errors import BuildError, CacheError, DdxrError, InvalidArgumentError
 from ddxr.handles import SharedFileManager, open_shared, recent_memo
-from ddxr.index import DdxrIndex, index_coordinates, set_ddxr_index
+from ddxr.index import DdxrIndex, index_coordinates, set_ddxr_index, with_pandas_index
 from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, RUN_DIM, validate_dataset
 
 #: Version of the file layout; files of another layout are refused with a request to rebuild them.
@@ -356,8 +356,8 @@ def cached_build(
     *,
     refresh: bool = False,
     update: Callable[[Path], bool] | None = None,
-) -> tuple[xr.Dataset, xr.Dataset]:
-    """Open the cache file at ``path``, building and writing it first when missing or when ``refresh`` is set.
+) -> Path:
+    """Return the cache file at ``path``, building and writing it first when missing or when ``refresh`` is set.
 
     A file lock (``<path>.lock``) keeps concurrent builders apart: the second one waits, finds the file written by
     the first and opens it instead of building again. The file name (usually a :func:`fingerprint`) is the caller's
@@ -379,13 +379,8 @@ def cached_build(
 
     Returns
     -------
-    tuple of xarray.Dataset
-        ``(curves, runs)`` as opened from the file by :func:`open_dataset` and :func:`open_runs`.
-
-    Raises
-    ------
-    CacheError
-        If an existing file is unreadable (rebuild it with ``ddxr build --refresh`` or delete it).
+    pathlib.Path
+        The file, for :func:`open_dataset` and :func:`open_runs` (a caller opens only what it uses).
     """
     path = Path(path)
     if refresh or not path.exists():
@@ -396,7 +391,7 @@ def cached_build(
                 if refresh or update is None or not replace_atomically(path, update):
                     curves, runs, *basis = build()
                     write_dataset(curves, runs, path, *basis)
-    return open_dataset(path), open_runs(path)
+    return path
 
 
 #: Name of the temporary file a write goes to: ``.<target name>.<32 hex digits>.tmp`` in the target's folder.
@@ -1070,7 +1065,7 @@ def _decode_variables(ds: xr.Dataset, group: str) -> xr.Dataset:
 def _decode_indexes(ds: xr.Dataset) -> xr.Dataset:
     names = json.loads(ds.attrs.pop(_INDEXES_ATTR, "[]"))
     for name in names:
-        ds = ds.set_coords(name).set_xindex(name)
+        ds = with_pandas_index(ds.set_coords(name), name)
     return ds
 
 

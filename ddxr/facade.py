@@ -20,7 +20,7 @@ import xarray as xr
 
 from ddxr._version import __version__
 from ddxr.assemble import assemble_curves, assemble_runs, lineage_created
-from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint
+from ddxr.cache import SCHEMA_VERSION, cached_build, fingerprint, open_dataset, open_runs
 from ddxr.errors import SelectionError
 from ddxr.frames import to_frame
 from ddxr.index import select
@@ -363,13 +363,13 @@ class DataDecideNext:
         refresh : bool, default False
             Rebuild in full even if a fresh cache file exists.
         """
-        return self._cached(refresh)[0]
+        return open_dataset(self._cached(refresh))
 
     def runs(self, refresh: bool = False) -> xr.Dataset:
         """Return the runs Dataset (dim ``run``), from the same cache file as :meth:`dataset`."""
-        return self._cached(refresh)[1]
+        return open_runs(self._cached(refresh))
 
-    def _cached(self, refresh: bool) -> tuple[xr.Dataset, xr.Dataset]:
+    def _cached(self, refresh: bool) -> Path:
         path = self._current_cache_path()
 
         def build() -> tuple[xr.Dataset, xr.Dataset, dict[str, bytes]]:

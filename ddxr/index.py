@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from xarray.core.indexing import IndexSelResult
-from xarray.indexes import PandasMultiIndex
+from xarray.indexes import PandasIndex, PandasMultiIndex
 
 from ddxr.errors import BuildError, SelectionError
 from ddxr.schema import FLOAT_LEVELS, LEVELS, POINT_DIM, check_complete, check_levels
@@ -292,6 +292,18 @@ def index_coordinates(index: DdxrIndex, variables: Mapping[Hashable, xr.Variable
         The coordinates, to assign to a Dataset with ``point`` as its dimension.
     """
     return xr.Coordinates(index.create_variables(variables), indexes=dict.fromkeys((POINT_DIM, *LEVELS), index))
+
+
+def with_pandas_index(ds: xr.Dataset, name: Hashable) -> xr.Dataset:
+    """Return ``ds`` with a pandas index on its one-dimensional coordinate ``name``, as ``ds.set_xindex(name)``.
+
+    The index is made from a :class:`pandas.Index` of the values: ``set_xindex`` first asks whether they are a dask
+    array, which imports dask (a tenth of a second or more) in a process that never uses it.
+    """
+    variable = ds[name].variable
+    values = pd.Index(variable.values, dtype=object if variable.dtype.kind == "O" else None, name=name)
+    index = PandasIndex(values, variable.dims[0], coord_dtype=variable.dtype)
+    return ds.assign_coords(xr.Coordinates.from_xindex(index))
 
 
 def select(ds: xr.Dataset, **labels: Any) -> xr.Dataset:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,3 +216,21 @@ def test_point_order_is_the_stable_sort_by_lineage_phase_tokens_and_step(rows):
     )
     expected = frame.sort_values(list(frame.columns), ascending=[True, False, True, True], kind="stable").index
     assert _point_order(frame).tolist() == expected.tolist()
+
+
+def test_assembling_the_runs_table_does_not_import_dask() -> None:
+    # importing dask costs a tenth of a second or more; a build or refresh that never uses it must not pay it
+    script = textwrap.dedent(
+        """
+        import sys
+        import pandas as pd
+        from ddxr.assemble import assemble_runs
+
+        created = pd.to_datetime(["2024-01-02", "2024-01-01"], utc=True)
+        runs = pd.DataFrame({"run_id": ["b", "a"], "created_at": created})
+        assert assemble_runs(runs).indexes["run_id"].tolist() == ["b", "a"]
+        print("dask" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

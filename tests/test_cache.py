@@ -430,8 +430,8 @@ def test_cached_build_builds_once_then_opens(example: tuple[xr.Dataset, xr.Datas
     build = CountingBuild(example)
     path = tmp_path / "cache" / "0123456789abcdef.nc"
 
-    first_curves, first_runs = cached_build(path, build)
-    again_curves, _ = cached_build(path, build)
+    first_curves, first_runs = open_dataset(cached_build(path, build)), open_runs(path)
+    again_curves = open_dataset(cached_build(path, build))
 
     assert build.calls == 1
     xr.testing.assert_identical(first_curves.load(), example[0])
@@ -446,7 +446,7 @@ def test_cached_build_refresh_rebuilds(example: tuple[xr.Dataset, xr.Dataset], t
     smaller = (example[0].sel(params="4M"), example[1])
     build = CountingBuild(smaller)
 
-    curves, runs = cached_build(path, build, refresh=True)
+    curves, runs = open_dataset(cached_build(path, build, refresh=True)), open_runs(path)
 
     assert build.calls == 1
     assert curves.sizes[POINT_DIM] == 12
@@ -460,13 +460,12 @@ def test_cached_build_on_a_corrupt_file(example: tuple[xr.Dataset, xr.Dataset], 
     build = CountingBuild(example)
 
     with pytest.raises(CacheError, match="`ddxr build --refresh`"):
-        cached_build(path, build)
-    curves, runs = cached_build(path, build, refresh=True)
+        open_dataset(cached_build(path, build))
+    curves = open_dataset(cached_build(path, build, refresh=True))
 
     assert build.calls == 1
     xr.testing.assert_identical(curves.load(), example[0])
     curves.close()
-    runs.close()
 
 
 def test_failed_write_keeps_the_old_file(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
@@ -488,7 +487,7 @@ BUILDER = textwrap.dedent(
     import hashlib, sys, time
     from pathlib import Path
     from roundtrip import example_datasets
-    from ddxr.cache import cached_build
+    from ddxr.cache import cached_build, open_dataset, open_runs
 
     path, counter = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -498,7 +497,8 @@ BUILDER = textwrap.dedent(
         time.sleep(1.0)  # long enough for the other process to arrive while this one holds the lock
         return example_datasets()
 
-    curves, runs = cached_build(path, build)
+    cached_build(path, build)
+    curves, runs = open_dataset(path), open_runs(path)
     text = curves.load().to_dataframe().to_csv() + runs.load().to_dataframe().to_csv()
     print(hashlib.sha256(text.encode()).hexdigest())
     """

@@ -159,9 +159,7 @@ def test_leftover_temporaries_of_killed_builds_are_removed(
         file.write_bytes(b"partial")
 
     with filelock.FileLock(f"{tmp_path / 'ddxr-busy.nc'}.lock"):
-        curves, runs = cached_build(target, lambda: example)
-    curves.close()
-    runs.close()
+        cached_build(target, lambda: example)
 
     assert not killed.exists() and not other.exists()
     assert busy.exists()
@@ -192,9 +190,7 @@ def test_a_build_killed_mid_write_leaves_a_temporary_the_next_build_removes(
     leftover = tmp_path / f".cache.nc.{'e' * 32}.tmp"
     assert leftover.exists() and not target.exists()
 
-    curves, runs = cached_build(target, lambda: example)
-    curves.close()
-    runs.close()
+    cached_build(target, lambda: example)
     assert not leftover.exists() and target.exists()
 
 

@@ -22,6 +22,7 @@ from ddxr.index import (
     point_coordinates,
     select,
     set_ddxr_index,
+    with_pandas_index,
 )
 
 SWEEP_LINEAGES = {
@@ -332,3 +333,24 @@ def test_point_coordinates_accepts_columns_in_any_order() -> None:
     assert isinstance(coords.xindexes[POINT_DIM], DdxrIndex)
     assert coords["cumulative_tokens"].dtype == np.float64
     assert coords["lineage"].values.tolist() == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(["run-b", "run-a", ""], dtype=object),
+        np.array([3, 1, 2], dtype=np.int64),
+        np.array([0.5, np.nan, 1e-5]),
+        np.array(["2024-01-02", "2024-01-01", "NaT"], dtype="datetime64[ns]"),
+    ],
+    ids=["strings", "integers", "floats", "times"],
+)
+def test_with_pandas_index_is_set_xindex(values: np.ndarray) -> None:
+    ds = xr.Dataset({"x": ("run", np.arange(3.0))}, coords={"run_id": ("run", values)})
+
+    made, stock = with_pandas_index(ds, "run_id"), ds.set_xindex("run_id")
+
+    xr.testing.assert_identical(made, stock)
+    assert made.xindexes["run_id"].equals(stock.xindexes["run_id"])
+    assert made.xindexes["run_id"].index.dtype == stock.xindexes["run_id"].index.dtype
+    assert made.sel(run_id=values[0])["x"].item() == 0.0
