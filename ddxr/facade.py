@@ -158,7 +158,7 @@ class DataDecideNext:
         def bar(chunks):
             return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
 
-        snapshot = self._state().snapshot  # the fingerprint's, taken before this read
+        snapshot = self._state().snapshot  # of the rows the fingerprint saw, counted before this read
         return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
 
     @cached_property
@@ -188,12 +188,12 @@ class DataDecideNext:
         return {"datadecide": self._pretraining_stage[1]["source"], "wandb_store": self.wandb.url_redacted}
 
     def fingerprint(self) -> str:
-        """Digest of the DataDecide files, each run's state and history snapshot, the options and schema version.
+        """Digest of the DataDecide files, each run's state, the history's totals, the options and schema version.
 
         The store's state is kept (:attr:`store_state`) for the build or refresh that follows.
         """
-        states, snapshot = self.wandb.run_states(), self.wandb.history_snapshot()
-        self.store_state = StoreState(states, snapshot)
+        states, totals = self.wandb.run_states(), self.wandb.history_totals()
+        self.store_state = StoreState(self.wandb, states, totals)
         return fingerprint(
             {
                 "datadecide": self.pretraining_source.file_stats(),
@@ -201,7 +201,7 @@ class DataDecideNext:
                     "url": self.wandb.url_redacted,
                     "layout": self.wandb.layout,
                     "runs": frame_digest(states),
-                    "history": frame_digest(snapshot),
+                    "history": list(totals),
                 },
                 "options": self.options(),
                 "schema_version": SCHEMA_VERSION,

@@ -59,6 +59,7 @@ from ddxr.stage_cache import code_digest
 
 if TYPE_CHECKING:
     from ddxr.facade import DataDecideNext
+    from ddxr.sources.wandb_store import WandBStore
 
 __all__ = ["BUILD_CODE", "Basis", "StoreState", "frame_digest", "refresh_file"]
 
@@ -74,7 +75,8 @@ BUILD_CODE = code_digest(
     ddxr.sources.wandb_store,
 )
 _SNAPSHOT = ["rows", "max_id"]
-_STATE = ["digest", "created_text", *_SNAPSHOT]  # columns the basis adds to the runs table
+_STATE = ["digest", "created_text"]  # columns the basis adds to the runs table
+_BASIS_TABLES = ("runs", "issues", "snapshot")
 _LINEAGE_LISTS = ("base_checkpoints_missing", "lineages_learning_rate_unknown")
 
 
@@ -87,12 +89,46 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
-@dataclass
 class StoreState:
-    """The store as a fingerprint saw it: :meth:`WandBStore.run_states` and :meth:`WandBStore.history_snapshot`."""
+    """The store as a fingerprint saw it: each run's state and the history's totals.
 
-    runs: pd.DataFrame
-    snapshot: pd.DataFrame
+    Parameters
+    ----------
+    store : WandBStore
+        The store.
+    runs : pandas.DataFrame
+        :meth:`WandBStore.run_states`.
+    totals : tuple of int
+        :meth:`WandBStore.history_totals`: rows and largest row id.
+
+    The history's per-run :attr:`snapshot` (rows and largest id of each run, up to the largest id the fingerprint
+    saw) scans the whole table: it is counted when first asked for, and a refresh derives it from the previous
+    build's instead when the history only gained rows.
+    """
+
+    def __init__(self, store: WandBStore, runs: pd.DataFrame, totals: tuple[int, int]) -> None:
+        self.store, self.runs, self.totals = store, runs, totals
+        self._snapshot: pd.DataFrame | None = None
+
+    @property
+    def snapshot(self) -> pd.DataFrame:
+        """:meth:`WandBStore.history_snapshot` of the rows the fingerprint saw."""
+        if self._snapshot is None:
+            self._snapshot = self.store.history_snapshot(up_to_id=self.totals[1])
+        return self._snapshot
+
+    def grown_from(self, snapshot: pd.DataFrame, totals: tuple[int, int]) -> bool:
+        """Take the snapshot as ``snapshot`` (of ``totals``) plus the rows logged since; False if rows went missing.
+
+        Rows deleted, or written below the largest id ``snapshot`` saw, do not add up: the snapshot is then counted
+        in full when asked for.
+        """
+        added = self.store.history_snapshot(after_id=totals[1], up_to_id=self.totals[1])
+        if totals[0] + int(added["rows"].sum()) != self.totals[0]:
+            return False
+        grown = pd.concat([snapshot, added], ignore_index=True).groupby("run_id", sort=True)
+        self._snapshot = grown.agg(rows=("rows", "sum"), max_id=("max_id", "max")).reset_index()
+        return True
 
 
 @dataclass
@@ -104,16 +140,20 @@ class Basis:
     meta : dict
         ``key`` (:meth:`DataDecideNext.basis_key`), ``available`` and ``variables`` (metric variables),
         ``evaluated`` (runs with evaluations), ``typical_gpus``, ``coercions``, the lineage lists of the
-        progression report and ``skipped_rows`` (``{run: {reason: rows}}``).
+        progression report, ``skipped_rows`` (``{run: {reason: rows}}``) and ``history`` (the rows and largest row
+        id of ``snapshot``).
     runs : pandas.DataFrame
-        The runs table, plus each run's ``digest``, ``created_text`` and history snapshot (``rows``, ``max_id``).
+        The runs table, plus each run's ``digest`` and ``created_text``.
     issues : pandas.DataFrame
         The evaluation issues of every run.
+    snapshot : pandas.DataFrame
+        The history snapshot the build read (:meth:`WandBStore.history_snapshot`), runs without a run row included.
     """
 
     meta: dict
     runs: pd.DataFrame
     issues: pd.DataFrame
+    snapshot: pd.DataFrame
 
     @classmethod
     def of_build(
@@ -138,35 +178,36 @@ class Basis:
             "skipped_rows": report.history_rows_skipped,
             "lineages": {name: report.run_ids.get(name) for name in _LINEAGE_LISTS},
         }
-        return cls(meta, _with_state(table, dd._state()), issues)
+        return cls.of_state(meta, table, issues, dd._state())
+
+    @classmethod
+    def of_state(cls, meta: dict, table: pd.DataFrame, issues: pd.DataFrame, state: StoreState) -> Basis:
+        """Return the basis of ``meta``, the runs ``table`` and the evaluation ``issues`` of the store at ``state``."""
+        snapshot = state.snapshot
+        history = [int(snapshot["rows"].sum()), state.totals[1]]  # the snapshot counts the ids up to the totals'
+        runs = state.runs.set_index("run_id")
+        table = table.assign(
+            digest=table["run_id"].map(runs["digest"]).to_numpy(),
+            created_text=table["run_id"].map(runs["created_at"]).to_numpy(),
+        )
+        return cls({**meta, "history": history}, table, issues, snapshot)
 
     def encoded(self) -> dict[str, bytes]:
         """Return the basis as the bytes :func:`ddxr.cache.write_basis` stores (JSON and parquet, no pickle)."""
-        return {"meta": json.dumps(self.meta).encode(), "runs": _parquet(self.runs), "issues": _parquet(self.issues)}
+        tables = {name: _parquet(getattr(self, name)) for name in _BASIS_TABLES}
+        return {"meta": json.dumps(self.meta).encode(), **tables}
 
     @classmethod
     def decoded(cls, stored: dict[str, bytes]) -> Basis:
         """Invert :meth:`encoded`."""
-        tables = {name: pq.read_table(io.BytesIO(stored[name])).to_pandas() for name in ("runs", "issues")}
-        return cls(json.loads(stored["meta"]), tables["runs"], tables["issues"])
+        tables = [pq.read_table(io.BytesIO(stored[name])).to_pandas() for name in _BASIS_TABLES]
+        return cls(json.loads(stored["meta"]), *tables)
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
     return sink.getvalue()
-
-
-def _with_state(table: pd.DataFrame, state: StoreState) -> pd.DataFrame:
-    """Return the runs table with each run's digest, creation text and history snapshot (0 rows: none)."""
-    runs = state.runs.set_index("run_id")
-    snapshot = state.snapshot.set_index("run_id")[_SNAPSHOT].reindex(table["run_id"]).fillna(0).astype("int64")
-    return table.assign(
-        digest=table["run_id"].map(runs["digest"]).to_numpy(),
-        created_text=table["run_id"].map(runs["created_at"]).to_numpy(),
-        rows=snapshot["rows"].to_numpy(),
-        max_id=snapshot["max_id"].to_numpy(),
-    )
 
 
 def find_previous(folder: Path, key: str, exclude: Path) -> tuple[Path, Basis] | None:
@@ -189,10 +230,17 @@ def _changed_runs(basis: Basis, state: StoreState) -> tuple[pd.Index, pd.Index] 
     now = state.runs.set_index("run_id")
     if not old.index.isin(now.index).all():
         raise FullBuild("runs disappeared from the store")
-    snapshot = state.snapshot.set_index("run_id")[_SNAPSHOT].reindex(old.index).fillna(0).astype("int64")
+    # the previous build's history snapshot and the rows logged since (counted in full when they do not add up)
+    state.grown_from(basis.snapshot, tuple(basis.meta["history"]))
+    then, now_rows = (_per_run(snapshot, old.index) for snapshot in (basis.snapshot, state.snapshot))
     kept = now.reindex(old.index)
-    changed = (kept["digest"] != old["digest"]) | (snapshot != old[_SNAPSHOT]).any(axis=1)
+    changed = (kept["digest"] != old["digest"]) | (now_rows != then).any(axis=1)
     return now.index.difference(old.index, sort=False), old.index[changed.to_numpy()]
+
+
+def _per_run(snapshot: pd.DataFrame, run_ids: pd.Index) -> pd.DataFrame:
+    """Return the rows and largest row id of each of ``run_ids`` in a history snapshot (0: no rows)."""
+    return snapshot.set_index("run_id")[_SNAPSHOT].reindex(run_ids).fillna(0).astype("int64")
 
 
 def _parent_names(links: pd.DataFrame, names: pd.Series) -> pd.Series:
@@ -453,7 +501,7 @@ def _growth(dd: DataDecideNext, basis: Basis, attrs_for: Any) -> _Growth:
             attrs,
             created,
         )
-    new_basis = Basis(
+    new_basis = Basis.of_state(
         {
             **basis.meta,
             "evaluated": sorted(set(basis.meta["evaluated"]) | set(merged.post_metrics.index)),
@@ -462,8 +510,9 @@ def _growth(dd: DataDecideNext, basis: Basis, attrs_for: Any) -> _Growth:
             "lineages": {name: merged.report.run_ids.get(name) for name in _LINEAGE_LISTS},
             "available": list(dict.fromkeys(available)),
         },
-        _with_state(merged.table, state),
+        merged.table,
         merged.issues,
+        state,
     )
     encoded, file_attrs, encoded_runs = _encoded(curves, assemble_runs(merged.table), attrs)
     return _Growth(encoded, encoded_runs, file_attrs, created, merged.rebuilt, new_basis.encoded(), merged.read_runs)

@@ -159,7 +159,9 @@ def test_a_cold_dataset_scans_the_store_history_once(tmp_path, monkeypatch):
 
     scans = []
     snapshot = WandBStore.history_snapshot
-    monkeypatch.setattr(WandBStore, "history_snapshot", lambda self: scans.append(1) or snapshot(self))
+    monkeypatch.setattr(
+        WandBStore, "history_snapshot", lambda *args, **kwargs: scans.append(1) or snapshot(*args, **kwargs)
+    )
     dd = DataDecideNext(tmp_path / "sources", truth.store_url, cache_dir=tmp_path / "cache", progress=False)
     dd.dataset()
     assert len(scans) == 1

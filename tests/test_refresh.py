@@ -54,6 +54,20 @@ def test_run_states_change_with_a_run_and_only_with_it(small_store):
     assert differs.tolist() == [index == 2 for index in range(len(runs))]
 
 
+def test_history_snapshots_and_totals_count_the_rows_of_an_id_range(small_store):
+    truth, store = small_store
+    engine = sa.create_engine(truth.store_url.replace("postgresql://", "postgresql+psycopg2://"))
+    with engine.connect() as connection:
+        rows = pd.read_sql("SELECT id, run_id FROM wandb_history", connection)
+    assert store.history_totals() == (len(rows), rows["id"].max())
+    after, up_to = np.quantile(rows["id"], [0.3, 0.8]).astype(int)
+    for bounds in ({}, {"after_id": after}, {"up_to_id": up_to}, {"after_id": after, "up_to_id": up_to}):
+        kept = rows[(rows["id"] > bounds.get("after_id", 0)) & (rows["id"] <= bounds.get("up_to_id", rows["id"].max()))]
+        expected = kept.groupby("run_id").agg(rows=("id", "size"), max_id=("id", "max")).reset_index()
+        snapshot = store.history_snapshot(**bounds)
+        assert snapshot.sort_values("run_id").reset_index(drop=True).equals(expected), bounds
+
+
 # ---------------------------------------------------------------------------------------------------- refreshes
 class Store:
     """A generated store whose runs (or history rows) can be held back and restored, by SQL."""
@@ -79,10 +93,17 @@ class Store:
         self.sql(f"CREATE TABLE {name}_history AS SELECT * FROM wandb_history WHERE {rows}", ids=run_ids)
         self.sql(f"DELETE FROM wandb_history WHERE {rows}", ids=run_ids)
 
-    def restore(self, name: str = "held") -> None:
+    def restore(self, name: str = "held", keep_ids: bool = False) -> None:
+        """Put held runs back; their history rows get new ids, as rows a store logs do (``keep_ids``: their old)."""
         self.sql(f"DELETE FROM wandb_runs WHERE run_id IN (SELECT run_id FROM {name}_runs)")
+        self.sql(f"INSERT INTO wandb_runs SELECT * FROM {name}_runs")
+        columns = ", ".join(
+            column["name"]
+            for column in sa.inspect(self.engine).get_columns("wandb_history")
+            if keep_ids or column["name"] != "id"
+        )
+        self.sql(f"INSERT INTO wandb_history ({columns}) SELECT {columns} FROM {name}_history ORDER BY id")
         for table in ("runs", "history"):
-            self.sql(f"INSERT INTO wandb_{table} SELECT * FROM {name}_{table}")
             self.sql(f"DROP TABLE {name}_{table}")
 
     def ddxr(self, cache: str = "cache") -> DataDecideNext:
@@ -93,9 +114,9 @@ class Store:
         return dpo["run_id"], dpo["parent_run_id"]
 
 
-def assert_refreshed_as_built(store: Store, read: set[str] | None) -> DataDecideNext:
-    """Refresh, check the runs read (None: a full build), and compare with a full build in a fresh folder."""
-    dd = store.ddxr()
+def assert_refreshed_as_built(store: Store, read: set[str] | None, dd: DataDecideNext | None = None) -> DataDecideNext:
+    """Refresh (or take ``dd`` that did), check the runs read (None: a full build), compare with a full build."""
+    dd = dd or store.ddxr()
     curves, runs = dd.dataset(), dd.runs()
     if read is None:
         assert dd.refreshed_from is None
@@ -118,13 +139,24 @@ def _with_members(store: Store, run_ids: set[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("layout", ["A", "B"])
-def test_new_runs_are_appended(tmp_path, layout):
+def test_new_runs_are_appended(tmp_path, monkeypatch, layout):
     store = Store(tmp_path, layout=layout)
     newest = store.links["run_id"].iloc[-3:].tolist()  # two DPO runs on old SFT runs, and an SFT run
     store.hold(newest)
     before = store.ddxr().dataset()
     store.restore()
-    dd = assert_refreshed_as_built(store, _with_members(store, set(newest)))
+    counted = []  # the first id each history snapshot counts from
+    snapshot = WandBStore.history_snapshot
+    dd = store.ddxr()
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            WandBStore,
+            "history_snapshot",
+            lambda self, after_id=0, **kw: counted.append(after_id) or snapshot(self, after_id, **kw),
+        )
+        dd.dataset()
+    assert counted and all(counted), "the refresh counted the whole history instead of the rows logged since"
+    dd = assert_refreshed_as_built(store, _with_members(store, set(newest)), dd)
     after = dd.dataset()
     assert after.sizes["point"] > before.sizes["point"]
     assert dd.refresh_note.startswith("refreshed")
@@ -154,7 +186,8 @@ def test_a_dpo_before_its_sft_parent_then_the_parent(tmp_path):
     assert_refreshed_as_built(store, {dpo, parent})
 
 
-def test_a_running_run_that_gained_rows_and_finished(tmp_path):
+@pytest.mark.parametrize("keep_ids", [False, True], ids=["rows-logged", "rows-below-the-largest-id"])
+def test_a_running_run_that_gained_rows_and_finished(tmp_path, keep_ids):
     store = Store(tmp_path)
     _, parent = store.dpo_and_parent(1)
     run_id = store.links["run_id"][store.links["run_type"].eq("supervised_ft")].iloc[-1]
@@ -168,7 +201,7 @@ def test_a_running_run_that_gained_rows_and_finished(tmp_path):
     store.hold([run_id], "tail", history_where="AND step > 20")
     store.sql("INSERT INTO wandb_runs SELECT * FROM tail_runs")  # the run stays; only its last rows go
     store.ddxr().dataset()
-    store.restore("tail")
+    store.restore("tail", keep_ids=keep_ids)  # kept ids do not add up from the largest id: counted in full
     wandb.store_runs(finished)
     assert_refreshed_as_built(store, {run_id})
 
@@ -190,6 +223,17 @@ def test_a_namesake_changes_a_dpos_parent(tmp_path):
     dd = assert_refreshed_as_built(store, {dpo, "rerun-of-the-parent"})
     runs = dd.runs()
     assert runs.sel(run_id=dpo)["parent_run_id"].item() == "rerun-of-the-parent"
+
+
+def test_history_rows_deleted_are_seen(tmp_path):
+    store = Store(tmp_path)
+    run_id = store.links["run_id"][store.links["run_type"].eq("supervised_ft")].iloc[0]
+    store.ddxr().dataset()
+    store.sql("DELETE FROM wandb_history WHERE run_id = :run AND step > 20", run=run_id)
+    # the rows do not add up from the previous build's: the history is counted per run, and the run changed (a
+    # file built before the deletion, opened as is, would not equal the full build)
+    dd = assert_refreshed_as_built(store, None)
+    assert dd.refresh_note and not dd.refresh_note.startswith("refreshed")
 
 
 def test_a_removed_run_means_a_full_build(tmp_path):

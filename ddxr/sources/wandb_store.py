@@ -452,27 +452,42 @@ class WandBStore:
         with self._connect() as connection:
             return {run_id: int(count) for run_id, count in connection.execute(query)}
 
-    def history_snapshot(self) -> pd.DataFrame:
-        """Return the rows and largest row id of each run's history.
+    def history_totals(self) -> tuple[int, int]:
+        """Return the history's rows and largest row id, ``(0, 0)`` for none (one index scan, no JSON read).
+
+        Rows logged move both; rows deleted move the count. A fingerprint takes these instead of a per-run
+        :meth:`history_snapshot`, which scans the whole table (a third of a second at 2 M rows).
+        """
+        history = self._schema().history
+        if history is None:
+            return 0, 0
+        with self._connect() as connection:
+            rows, max_id = connection.execute(sa.select(sa.func.count(), sa.func.max(history.c.id))).one()
+        return int(rows), int(max_id or 0)
+
+    def history_snapshot(self, after_id: int = 0, up_to_id: int | None = None) -> pd.DataFrame:
+        """Return the rows and largest row id of each run's history, counting the rows of ids in (after, up to].
 
         Both move when a run logs more rows, and ``max_id`` moves when its history is replaced
-        (:meth:`store_history` deletes and inserts).
+        (:meth:`store_history` deletes and inserts). With ``after_id``, only the rows logged since a snapshot
+        whose largest id it was are counted (an index range, not a scan of the table).
 
         Returns
         -------
         pandas.DataFrame
-            ``run_id`` (str), ``rows``, ``max_id`` (int64), one row per run with history, ordered by ``run_id``;
+            ``run_id`` (str), ``rows``, ``max_id`` (int64), one row per run with such rows, ordered by ``run_id``;
             empty without a history table.
         """
         history = self._schema().history
         columns = ["run_id", "rows", "max_id"]
         if history is None:
             return pd.DataFrame({name: pd.Series(dtype="str" if name == "run_id" else "int64") for name in columns})
-        query = (
-            sa.select(history.c.run_id, sa.func.count(), sa.func.max(history.c.id))
-            .group_by(history.c.run_id)
-            .order_by(history.c.run_id)
-        )
+        query = sa.select(history.c.run_id, sa.func.count(), sa.func.max(history.c.id))
+        if after_id:
+            query = query.where(history.c.id > int(after_id))
+        if up_to_id is not None:
+            query = query.where(history.c.id <= int(up_to_id))
+        query = query.group_by(history.c.run_id).order_by(history.c.run_id)
         with self._connect() as connection:
             rows = connection.execute(query).all()
         frame = pd.DataFrame.from_records(rows, columns=columns)
