@@ -33,7 +33,7 @@ from ddxr.refresh import BUILD_CODE, Basis, StoreState, frame_digest, refresh_fi
 from ddxr.report import build_report, pretraining_report, runs_table
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import WandBStore
-from ddxr.stage_cache import HistoryRead, StageCache
+from ddxr.stage_cache import HistoryRead, MetricsStage, StageCache
 from ddxr.vocabulary import DPO_TOKENS_PER_PAIR
 
 _KEYS = ["params", "data", "seed", "step"]
@@ -118,13 +118,13 @@ class DataDecideNext:
         return self.evaluations.posttraining_evaluations(self._evaluation_entries)
 
     @cached_property
-    def _pretraining_stage(self) -> tuple[pd.DataFrame, dict]:
+    def _pretraining_stage(self) -> MetricsStage:
         """The standardized pretraining metrics, and the DataDecide report, source and final steps (a stage cache)."""
         return self.stage_cache.metrics(self.pretraining_source, self.metrics, self._standardized)
 
     @property
     def _pretraining_metrics(self) -> pd.DataFrame:
-        return self._pretraining_stage[0]
+        return self._pretraining_stage.table
 
     def _standardized(self) -> tuple[pd.DataFrame, dict]:
         evals = self.pretraining
@@ -141,7 +141,7 @@ class DataDecideNext:
 
     def final_steps(self) -> pd.DataFrame:
         """Return the last evaluated step per base (``RunRelationshipManager.final_steps``), from the stage cache."""
-        stored = self._pretraining_stage[1]["final_steps"]
+        stored = self._pretraining_stage.info["final_steps"]
         steps = pd.DataFrame(stored["data"], columns=stored["columns"])
         return steps.astype({"table_step": "int64", "vocabulary_step": "Int64"})
 
@@ -185,7 +185,7 @@ class DataDecideNext:
 
     def sources(self) -> dict:
         """Where the data came from, with any password redacted."""
-        return {"datadecide": self._pretraining_stage[1]["source"], "wandb_store": self.wandb.url_redacted}
+        return {"datadecide": self._pretraining_stage.info["source"], "wandb_store": self.wandb.url_redacted}
 
     def fingerprint(self) -> str:
         """Digest of the DataDecide files, each run's state, the history's totals, the options and schema version.
@@ -304,7 +304,7 @@ class DataDecideNext:
         _, eval_issues = self._posttraining_evaluations
         links = self.relationships.links
         coercions, orphans = self._history.coercions, self.orphans(links)
-        pretraining = self._pretraining_stage[1]["report"]
+        pretraining = self._pretraining_stage.info["report"]
         return build_report(pretraining, links, eval_issues, coercions, orphans, training.report)
 
     def orphans(self, links: pd.DataFrame) -> dict[str, int]:

@@ -330,9 +330,10 @@ def _merge(dd: DataDecideNext, basis: Basis, state: StoreState) -> _Merged:
 
     manager = RunRelationshipManager.from_links(links)
     chains = manager.lineage_chains()
-    old_chains = RunRelationshipManager.from_links(old_links).lineage_chains()
     rebuilt = set(chains.loc[chains["run_id"].isin(affected), "lineage"])
-    rebuilt |= set(old_chains.loc[old_chains["run_id"].isin(affected), "lineage"])
+    if old_links["run_id"].isin(affected).any():  # the lineages an old run was in (none when only runs are new)
+        old_chains = RunRelationshipManager.from_links(old_links).lineage_chains()
+        rebuilt |= set(old_chains.loc[old_chains["run_id"].isin(affected), "lineage"])
     members = set(chains.loc[chains["lineage"].isin(rebuilt), "run_id"])
 
     read = sorted(members | affected)
@@ -447,9 +448,10 @@ def refresh_file(dd: DataDecideNext, target: Path, current: Path, attrs_for: Any
 
 
 def _refresh(dd: DataDecideNext, target: Path, path: Path, basis: Basis, attrs_for: Any) -> bool:
-    # the byte copy (the kernel's work, a third of a second at 2,000 runs) runs beside the merge (Python's)
+    # the byte copy (the kernel's work) and the pretraining metrics' read (Arrow's) run beside the merge (Python's)
     with ThreadPoolExecutor(1) as copier:
         copied = copier.submit(shutil.copyfile, path, target)
+        dd._pretraining_stage.read_ahead(copier)  # first used once the new runs are linked and evaluated
         try:
             growth = _growth(dd, basis, attrs_for)
         finally:
@@ -477,7 +479,7 @@ def _growth(dd: DataDecideNext, basis: Basis, attrs_for: Any) -> _Growth:
     state = dd._state()
     merged = _merge(dd, basis, state)
     report = build_report(
-        dd._pretraining_stage[1]["report"],
+        dd._pretraining_stage.info["report"],
         merged.links,
         merged.issues,
         merged.coercions,

@@ -25,6 +25,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import netCDF4
@@ -42,7 +43,7 @@ from ddxr.cache import SCHEMA_VERSION, fingerprint
 from ddxr.sources.datadecide import PretrainingEvals, PretrainingSource
 from ddxr.sources.wandb_store import COERCION_FAILURES, WandBStore
 
-__all__ = ["HistoryRead", "StageCache"]
+__all__ = ["HistoryRead", "MetricsStage", "StageCache"]
 
 _METADATA_KEY = "ddxr_stage"  # file metadata (JSON): what the stored table alone cannot say
 _COLUMNS_PER_WRITE = 256  # float columns copied into one netCDF write (≈50 MB for the full grid)
@@ -54,6 +55,37 @@ def code_digest(*modules: object) -> str:
     for module in modules:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
+
+
+class MetricsStage:
+    """The standardized pretraining metrics (:attr:`table`, read when first used) and their ``info``.
+
+    Parameters
+    ----------
+    info : dict
+        What a build takes besides the table: the DataDecide report, source and final evaluated steps.
+    read : callable
+        Returns the table.
+    """
+
+    def __init__(self, info: dict, read: Callable[[], pd.DataFrame]) -> None:
+        self.info = info
+        self._read = read
+        self._table: pd.DataFrame | None = None
+        self._reading: Future | None = None
+
+    def read_ahead(self, executor: Executor) -> None:
+        """Start reading the table in ``executor`` (a parquet read, which lets other Python threads run)."""
+        if self._table is None and self._reading is None:
+            self._reading = executor.submit(self._read)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The standardized metrics, one row per checkpoint."""
+        if self._table is None:
+            self._table = self._read() if self._reading is None else self._reading.result()
+            self._reading = None
+        return self._table
 
 
 class HistoryRead:
@@ -118,12 +150,13 @@ class StageCache:
 
     def metrics(
         self, source: PretrainingSource, metrics: str | list[str], compute: Callable[[], tuple[pd.DataFrame, dict]]
-    ) -> tuple[pd.DataFrame, dict]:
+    ) -> MetricsStage:
         """Return the standardized pretraining metrics of the ``metrics`` option and what else a build takes from them.
 
         ``compute()`` returns ``(table, info)`` (``info``: JSON-able) from the DataDecide table when the stage file of
         these files, option and code is missing; then both are kept as parquet. A build or refresh then reads the
-        selected metric columns only, never the whole DataDecide table.
+        selected metric columns only, never the whole DataDecide table, and only when it uses them (the info comes
+        from the file's metadata).
         """
         key = fingerprint(
             {
@@ -134,13 +167,13 @@ class StageCache:
         )
         path = self.folder / f"metrics-{key}.parquet"
         if path.is_file():
-            table, info = _stage_metadata(path)
-            return table.to_pandas(), info
+            info = json.loads(pq.read_schema(path).metadata[_METADATA_KEY.encode()])
+            return MetricsStage(info, lambda: pq.read_table(path).to_pandas())
         frame, info = compute()
         self.folder.mkdir(parents=True, exist_ok=True)
         table = _metadata(pa.Table.from_pandas(frame, preserve_index=False), info)
         _replace(path, lambda target: pq.write_table(table, target, compression="lz4"))
-        return frame, info
+        return MetricsStage(info, lambda: frame)
 
     # ------------------------------------------------------------------ history
     def history_path(self, store: WandBStore, keys: Sequence[str]) -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
@@ -47,6 +49,30 @@ def test_skipped_cells_survive_the_stage_cache(tmp_path, real_samples):
     cached = StageCache(tmp_path).datadecide(source)
     pd.testing.assert_frame_equal(cached.table, parsed.table)
     pd.testing.assert_frame_equal(cached.skipped, parsed.skipped)
+
+
+def test_pretraining_metrics_are_read_only_when_used(tmp_path, monkeypatch):
+    source = PretrainingSource(write_datadecide(tmp_path / "sources", params=PARAMS, data=DATA, layouts=("raw",)))
+    frame = pd.DataFrame({"params": ["4M", "150M"], "data": ["C4", "C4"], "step": [0, 10], "arc_easy": [0.25, 0.5]})
+    info = {"report": {"rows": 2}, "final_steps": []}
+    made = StageCache(tmp_path / "stages").metrics(source, "core", lambda: (frame, info))
+    assert made.info == info and made.table is frame
+
+    reads = []
+    read_table = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda *args, **kw: reads.append(args) or read_table(*args, **kw))
+
+    def refuse():
+        raise AssertionError("computed again")
+
+    kept = StageCache(tmp_path / "stages").metrics(source, "core", refuse)
+    assert kept.info == info and not reads  # the info is the file's metadata: the table is not read for it
+    pd.testing.assert_frame_equal(kept.table, frame)
+    ahead = StageCache(tmp_path / "stages").metrics(source, "core", refuse)
+    with ThreadPoolExecutor(1) as executor:
+        ahead.read_ahead(executor)
+        pd.testing.assert_frame_equal(ahead.table, frame)
+    assert len(reads) == 2
 
 
 def _identical(left: xr.Dataset, right: xr.Dataset) -> None:
