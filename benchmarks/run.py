@@ -399,6 +399,9 @@ def run(scale: str, server: str, layout: str) -> dict:
         )
         try:
             loads.append(os.getloadavg())
+            # the store's writes reach the disk first: a researcher builds after the runs were logged, not while the
+            # kernel writes them back (which otherwise lands in whichever step is timed next)
+            os.sync()
             build = in_child("build", str(data_dir), url, str(work))
             if "aborted" in build:
                 return aborted(scale, stored, layout, loads, build)
@@ -409,6 +412,7 @@ def run(scale: str, server: str, layout: str) -> dict:
             reads = [in_child("store-read", url, str(run_ids)) for _ in range(2)]
             loads.append(os.getloadavg())
             added = stored_runs(url, REFRESH_RUNS, steps, random_seed=1, messy=False, newest=True)
+            os.sync()  # as before the build
             refresh = in_child("refresh", str(data_dir), url, str(work))
             loads.append(os.getloadavg())
         finally:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import h5py
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -677,17 +678,22 @@ def write_basis(file: Any, basis: Mapping[str, bytes]) -> None:
 
 
 def read_basis(path: Path) -> dict[str, bytes] | None:
-    """Return the refresh basis of a cache file (:func:`write_basis`); None when it has none or cannot be read."""
-    manager = open_shared(path)
+    """Return the refresh basis of a cache file (:func:`write_basis`); None when it has none or cannot be read.
+
+    Read through HDF5 alone: the netCDF library would first read the metadata of every variable of the file.
+    """
     try:
-        group = manager.acquire().groups.get(BASIS_GROUP)
-        if group is None:
-            return None
-        return {key: bytes(variable[: variable.getncattr("size")].data) for key, variable in group.variables.items()}
-    except (*_READ_ERRORS, CacheError):
+        with h5py.File(path, "r", locking=False) as file:
+            group = file.get(BASIS_GROUP)
+            if group is None:
+                return None
+            return {  # the entries; their dimensions are HDF5 datasets too, without a size
+                key: variable[: int(np.asarray(variable.attrs["size"]).reshape(-1)[0])].tobytes()
+                for key, variable in group.items()
+                if "size" in variable.attrs
+            }
+    except _READ_ERRORS:
         return None
-    finally:
-        manager.close()
 
 
 # --- decoding -------------------------------------------------------------------------------------------------------

@@ -559,3 +559,16 @@ def test_readers_never_see_a_partial_file(example: tuple[xr.Dataset, xr.Dataset]
     assert sorted(item.name for item in tmp_path.iterdir()) == ["cache.nc", "writing"]  # no temporary file left
     with open_dataset(path) as final:
         assert len(final.data_vars) == len(example[0].data_vars) + 201
+
+
+def test_the_refresh_basis_reads_back_as_written(example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path) -> None:
+    basis = {"meta": b'{"key": "abc"}', "runs": bytes(range(256)) * 40, "empty": b""}
+    path = write_dataset(*example, tmp_path / "with-basis.nc", basis)
+    assert ddxr.cache.read_basis(path) == basis
+    smaller = {"meta": b"{}", "runs": b"\x00\x01", "empty": b""}  # overwritten in place: shorter entries
+    with netCDF4.Dataset(path, "a") as file:
+        ddxr.cache.write_basis(file, smaller)
+    assert ddxr.cache.read_basis(path) == smaller
+    assert ddxr.cache.read_basis(write_dataset(*example, tmp_path / "without.nc")) is None
+    (tmp_path / "not-hdf5.nc").write_bytes(b"CDF\x01 not a netCDF-4 file")
+    assert ddxr.cache.read_basis(tmp_path / "not-hdf5.nc") is None
