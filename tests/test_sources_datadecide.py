@@ -237,6 +237,14 @@ def test_full_eval_is_preferred_and_file_stats(exports: SimpleNamespace, tmp_pat
     assert [entry["rows"] for entry in empty.file_stats().values()] == [0]  # objects: a content digest, no files
 
 
+def test_file_stats_name_the_files_alike_from_any_folder(exports: SimpleNamespace, monkeypatch) -> None:
+    absolute = PretrainingSource(exports.raw).file_stats()
+    monkeypatch.chdir(exports.raw.parent)
+    assert PretrainingSource(Path(exports.raw.name)).file_stats() == absolute
+    monkeypatch.chdir(exports.raw)
+    assert PretrainingSource(Path(".")).file_stats() == absolute
+
+
 def test_float_steps_are_cast(small_raw: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path) -> None:
     downstream, ppl = small_raw
     table = read_datadecide(write_raw(tmp_path, downstream.astype({"step": float}), ppl)).table

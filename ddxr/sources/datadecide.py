@@ -219,8 +219,8 @@ class PretrainingSource:
     def file_stats(self) -> dict[str, dict]:
         """Return what changes when the input changes, for cache fingerprints.
 
-        Size (bytes) and modification time of every file read, keyed by path; for an object, which has no files,
-        a digest of the table it holds.
+        Size (bytes) and modification time of every file read, keyed by absolute path (the same files named from
+        another folder are the same input); for an object, which has no files, a digest of the table it holds.
         """
         if self._object is not None:
             frame = getattr(self._object, "mean_eval" if self.mean else "full_eval")
@@ -230,7 +230,7 @@ class PretrainingSource:
         stats = {}
         for path in self._files.values():
             status = path.stat()
-            stats[str(path)] = {"size": status.st_size, "mtime": status.st_mtime}
+            stats[str(path.resolve())] = {"size": status.st_size, "mtime": status.st_mtime}
         return stats
 
     def read(self) -> PretrainingEvals:
