@@ -117,18 +117,16 @@ class StoreState:
             self._snapshot = self.store.history_snapshot(up_to_id=self.totals[1])
         return self._snapshot
 
-    def grown_from(self, snapshot: pd.DataFrame, totals: tuple[int, int]) -> bool:
-        """Take the snapshot as ``snapshot`` (of ``totals``) plus the rows logged since; False if rows went missing.
+    def grow_from(self, snapshot: pd.DataFrame, totals: tuple[int, int]) -> None:
+        """Take the snapshot as ``snapshot`` (of ``totals``) plus the rows logged since.
 
         Rows deleted, or written below the largest id ``snapshot`` saw, do not add up: the snapshot is then counted
         in full when asked for.
         """
         added = self.store.history_snapshot(after_id=totals[1], up_to_id=self.totals[1])
-        if totals[0] + int(added["rows"].sum()) != self.totals[0]:
-            return False
-        grown = pd.concat([snapshot, added], ignore_index=True).groupby("run_id", sort=True)
-        self._snapshot = grown.agg(rows=("rows", "sum"), max_id=("max_id", "max")).reset_index()
-        return True
+        if totals[0] + int(added["rows"].sum()) == self.totals[0]:
+            grown = pd.concat([snapshot, added], ignore_index=True).groupby("run_id", sort=True)
+            self._snapshot = grown.agg(rows=("rows", "sum"), max_id=("max_id", "max")).reset_index()
 
 
 @dataclass
@@ -231,7 +229,7 @@ def _changed_runs(basis: Basis, state: StoreState) -> tuple[pd.Index, pd.Index] 
     if not old.index.isin(now.index).all():
         raise FullBuild("runs disappeared from the store")
     # the previous build's history snapshot and the rows logged since (counted in full when they do not add up)
-    state.grown_from(basis.snapshot, tuple(basis.meta["history"]))
+    state.grow_from(basis.snapshot, tuple(basis.meta["history"]))
     then, now_rows = (_per_run(snapshot, old.index) for snapshot in (basis.snapshot, state.snapshot))
     kept = now.reindex(old.index)
     changed = (kept["digest"] != old["digest"]) | (now_rows != then).any(axis=1)
