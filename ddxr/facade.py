@@ -192,7 +192,7 @@ class DataDecideNext:
 
         The store's state is kept (:attr:`store_state`) for the build or refresh that follows.
         """
-        states, totals = self.wandb.run_states(), self.wandb.history_totals()
+        states, totals = self.wandb.content_state()
         self.store_state = StoreState(self.wandb, states, totals)
         return fingerprint(
             {

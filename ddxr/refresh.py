@@ -638,9 +638,10 @@ def _write_coded(
     holds exactly the values its points use) and their codes are read only if they must be renumbered.
     """
     codes_name, values_name = f"{name}{CODES_SUFFIX}", f"{name}{VALUES_SUFFIX}"
+    stored = file[codes_name]
 
     def unchanged_codes() -> np.ndarray:
-        return np.asarray(file[codes_name][:first]).astype(np.int64)
+        return np.asarray(stored[:first])  # as stored: narrow integers index as well as int64 ones
 
     prefix = None if appended else unchanged_codes()
     old_table = np.asarray(file[values_name][:], dtype=object if file[values_name].dtype is str else None)
@@ -650,35 +651,37 @@ def _write_coded(
         [
             np.zeros(0, np.int64),
             *(
-                np.asarray(file[codes_name][start:stop]).astype(np.int64)
+                np.asarray(stored[start:stop]).astype(np.int64)
                 if source == "old"
                 else encoded[codes_name][start:stop].astype(np.int64) + len(old_table)
                 for source, start, stop in pieces
             ),
         ]
     )
+    renumbered = None  # the unchanged points' codes, when the table's order moved them
     if name in LEVELS:
         used = None if prefix is None else np.concatenate([prefix, tail])
         table, renumber = _sorted_table(old_table, new_table, used)
         codes = renumber[tail]
-        if prefix is None:  # every old value is used: the unchanged codes move when a value lands before one
-            moved = not np.array_equal(renumber[: len(old_table)], np.arange(len(old_table)))
+        if prefix is None:  # every old value is used, and keeps its order: the last one moved if any did
+            moved = len(old_table) > 0 and renumber[len(old_table) - 1] != len(old_table) - 1
         else:
             moved = not np.array_equal(renumber[prefix], prefix)
         if moved:
-            codes = np.concatenate([renumber[unchanged_codes() if prefix is None else prefix], codes])
+            renumbered = renumber[unchanged_codes() if prefix is None else prefix]
     else:
         if prefix is None:
             known = len(old_table)
         else:  # the values the unchanged points use: the table's first ones
             known = int(prefix.max()) + 1 if len(prefix) else 0
         table, codes = _appended_table(old_table, new_table, known, tail)
-        moved = False
-    if code_dtype(len(table)) != file[codes_name].dtype or len(table) < len(old_table):
+    if code_dtype(len(table)) != stored.dtype or len(table) < len(old_table):
         raise FullBuild(f"the table of {name!r} changed its code type or shrank")
-    file[codes_name][0 if moved else first :] = codes.astype(file[codes_name].dtype)
+    if renumbered is not None:
+        stored[:first] = renumbered.astype(stored.dtype, copy=False)
+    stored[first:] = codes.astype(stored.dtype, copy=False)
     file[values_name][:] = table
-    plain, tail_codes = file[name], codes[len(codes) - len(tail) :]
+    plain, tail_codes = file[name], codes
     if plain.dtype.kind == "S":  # fixed-width UTF-8 characters
         width = plain.shape[1]
         utf8 = np.array([value.encode("utf-8") for value in table.tolist()])
@@ -693,22 +696,30 @@ def _write_coded(
 def _sorted_table(old: np.ndarray, new: np.ndarray, used: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Return the sorted table of the values ``used`` (positions in ``old`` then ``new``, both sorted and distinct).
 
-    Also returns the new code of each position (-1: unused). The new values are merged in, not sorted again.
-    ``used`` None: every value of ``old`` and ``new``.
+    Also returns the new code of each position (-1: unused), in the narrowest type that holds every position. The
+    new values are merged in, not sorted again. ``used`` None: every value of ``old`` and ``new``.
     """
+    dtype = code_dtype(len(old) + len(new))
     if used is None:
-        kept_old, kept = np.arange(len(old)), old
+        kept_old, kept = None, old
     else:
         kept_old = np.flatnonzero(np.bincount(used, minlength=len(old) + len(new))[: len(old)])
         kept = old[kept_old]
     at = np.searchsorted(kept, new)
     present = at < len(kept)
     present[present] = kept[at[present]] == new[present]
-    inserted = at[~present]  # sorted: a kept value moves up by the new values inserted before it
+    inserted = at[~present]  # a kept value moves up by the new values inserted at or before its position
     table = np.insert(kept, inserted, new[~present])
-    renumber = np.full(len(old) + len(new), -1)
-    # a kept value's shift: the insertions at or before its position (counted, not searched: millions of values)
-    renumber[kept_old] = np.arange(len(kept)) + np.cumsum(np.bincount(inserted, minlength=len(kept) + 1))[: len(kept)]
+    renumber = np.full(len(old) + len(new), -1, dtype=dtype)
+    # the shifts are counted, not searched (millions of kept values), in narrow integers: a table like
+    # cumulative_tokens' has as many values as a file has points, and each temporary of that size costs page faults
+    shifts = np.zeros(len(kept), dtype=dtype)
+    np.add.at(shifts, inserted[inserted < len(kept)], 1)
+    kept_codes = renumber[: len(old)] if kept_old is None else np.empty(len(kept), dtype=dtype)
+    np.cumsum(shifts, out=kept_codes)
+    kept_codes += np.arange(len(kept), dtype=dtype)
+    if kept_old is not None:
+        renumber[kept_old] = kept_codes
     renumber[len(old) :] = np.searchsorted(table, new)
     return table, renumber
 

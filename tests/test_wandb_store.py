@@ -335,6 +335,29 @@ def test_stats_track_rows_and_latest_values(real_store: WandBStore, sample_histo
     assert moved["rows"] == 2_549 and moved["max_id"] == 2_549 + 10
 
 
+def test_content_state_is_the_run_states_and_history_totals(
+    real_store: WandBStore, sample_history: pd.DataFrame
+) -> None:
+    states, totals = real_store.content_state()
+    assert totals == real_store.history_totals() == (2_549, 2_549)
+    assert states.equals(real_store.run_states()) and len(states) == 6
+    real_store.store_history(sample_history[sample_history["run_id"] == RUN_6])  # replaced: 10 new ids
+    assert real_store.content_state()[1] == (2_549, 2_549 + 10)
+
+
+def test_a_store_of_runs_alone_has_no_history_totals(store_url: str, sample_runs: pd.DataFrame) -> None:
+    with WandBStore(store_url) as writer:
+        writer.create_tables()
+        writer.store_runs(sample_runs)
+    engine = _engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE wandb_history"))
+    engine.dispose()
+    with WandBStore(store_url) as store:
+        states, totals = store.content_state()
+    assert totals == (0, 0) and sorted(states["run_id"]) == sorted(sample_runs["run_id"])
+
+
 def test_coerced_metric_values_are_counted(store_url: str) -> None:
     with WandBStore(store_url) as store:
         store.create_tables()

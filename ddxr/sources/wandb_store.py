@@ -15,6 +15,7 @@ import operator
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -452,6 +453,18 @@ class WandBStore:
         with self._connect() as connection:
             return {run_id: int(count) for run_id, count in connection.execute(query)}
 
+    def content_state(self) -> tuple[pd.DataFrame, tuple[int, int]]:
+        """Return :meth:`run_states` and :meth:`history_totals`, read side by side on PostgreSQL.
+
+        Each query waits on the server (the count reads the history's whole index): two connections overlap them.
+        """
+        self._schema()  # reflected once, before either query needs it
+        if self._url.dialect != "postgresql":
+            return self.run_states(), self.history_totals()
+        with ThreadPoolExecutor(1) as counter:
+            totals = counter.submit(self.history_totals)
+            return self.run_states(), totals.result()
+
     def history_totals(self) -> tuple[int, int]:
         """Return the history's rows and largest row id, ``(0, 0)`` for none (one index scan, no JSON read).
 
@@ -599,17 +612,23 @@ class WandBStore:
 
     def _reflect(self) -> _Schema:
         with self._connect() as connection:
-            names = set(sa.inspect(connection).get_table_names())
+            inspector = sa.inspect(connection)
+            names = set(inspector.get_table_names())
             if "wandb_runs" not in names:
                 raise SourceError(
                     f"no wandb_runs table in {self.url_redacted}; create it with WandBStore.create_tables() or "
                     "point to a W&B store"
                 )
-            metadata = sa.MetaData()
-            runs = sa.Table("wandb_runs", metadata, autoload_with=connection)
-            history = (
-                sa.Table("wandb_history", metadata, autoload_with=connection) if "wandb_history" in names else None
-            )
+            # the columns alone (their names and types are all reads and writes use): one catalog query for both
+            # tables, where a full reflection also reads keys, indexes and constraints (~50 ms on PostgreSQL)
+            present = [name for name in ("wandb_runs", "wandb_history") if name in names]
+            columns = inspector.get_multi_columns(filter_names=present)
+        metadata = sa.MetaData()
+        tables = {
+            name: sa.Table(name, metadata, *(sa.Column(column["name"], column["type"]) for column in described))
+            for (_, name), described in columns.items()
+        }
+        runs, history = tables["wandb_runs"], tables.get("wandb_history")
         if "raw_data" in runs.c:
             return _Schema("A", runs, history)
         if "config" in runs.c:
