@@ -334,13 +334,15 @@ def _merge(dd: DataDecideNext, basis: Basis, state: StoreState) -> _Merged:
         rebuilt |= set(old_chains.loc[old_chains["run_id"].isin(affected), "lineage"])
     members = set(chains.loc[chains["lineage"].isin(rebuilt), "run_id"])
 
-    read = sorted(members | affected)
-    post_metrics, issues = dd.evaluations.posttraining_evaluations(
-        dd.wandb.read_run_entries("summary", "oe_eval_metrics/", read)
-    )
     if typical_gpu_count(links) != basis.meta["typical_gpus"]:
         raise FullBuild("the store's usual GPU count changed (every run estimated with it changes)")
-    history, coercions = _history(dd, sorted(members), set(new) | set(changed), basis.meta["coercions"])
+    read = sorted(members | affected)
+    with ThreadPoolExecutor(1) as reader:  # the history is read (the server's work, and Arrow's) beside the evaluations
+        reading = reader.submit(_history, dd, sorted(members), set(new) | set(changed), basis.meta["coercions"])
+        post_metrics, issues = dd.evaluations.posttraining_evaluations(
+            dd.wandb.read_run_entries("summary", "oe_eval_metrics/", read)
+        )
+        history, coercions = reading.result()
     training, points = None, None
     if members:
         training = TrainingProgressionManager(
