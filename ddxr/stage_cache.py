@@ -168,7 +168,8 @@ class StageCache:
         path = self.folder / f"metrics-{key}.parquet"
         if path.is_file():
             info = json.loads(pq.read_schema(path).metadata[_METADATA_KEY.encode()])
-            return MetricsStage(info, lambda: pq.read_table(path).to_pandas())
+            # one thread: the table is small (a checkpoint a row), and a refresh reads it beside its own work
+            return MetricsStage(info, lambda: pq.read_table(path, use_threads=False).to_pandas(use_threads=False))
         frame, info = compute()
         self.folder.mkdir(parents=True, exist_ok=True)
         table = _metadata(pa.Table.from_pandas(frame, preserve_index=False), info)
