@@ -56,6 +56,7 @@ from ddxr.coders import (
     VALUES_ATTR,
     VALUES_SUFFIX,
     CategoricalCoder,
+    EpochSecondsCoder,
     JsonAttrsCoder,
     NullableBooleanCoder,
     checked_codes,
@@ -110,6 +111,7 @@ _READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError, Attribu
 _REBUILD = "rebuild it with `ddxr build --refresh` (or delete the file)"
 _JSON = JsonAttrsCoder()
 _BOOLEANS = NullableBooleanCoder()
+_TIMES = EpochSecondsCoder()
 _CATEGORIES = CategoricalCoder()
 _IMMUTABLE = (str, bytes, int, float, np.generic, np.dtype, type(None))  # attribute values copies may share
 _CURVES_MEMO = "curves"  # a recent file's memo: (drop list, curves as decoded), see _remembered_curves
@@ -481,11 +483,15 @@ def _encode_curves(curves: xr.Dataset) -> xr.Dataset:
 
 
 def _encode_variables(ds: xr.Dataset) -> xr.Dataset:
-    """Encode nullable booleans as int8 and attrs as JSON where needed; add the file's own attributes.
+    """Encode nullable booleans, whole-second datetimes and attrs netCDF cannot hold; add the file's own attributes.
 
-    Decides from dtypes and attrs: no float variable is read (lazily indexed metrics stay unread).
+    Booleans become int8, datetimes seconds since the epoch, attrs JSON. Decides from dtypes and attrs: no float
+    variable is read (lazily indexed metrics stay unread).
     """
-    variables = {name: _JSON.encode(_BOOLEANS.encode(variable, name), name) for name, variable in ds.variables.items()}
+    variables = {
+        name: _JSON.encode(_TIMES.encode(_BOOLEANS.encode(variable, name), name), name)
+        for name, variable in ds.variables.items()
+    }
     attrs = encode_attrs({**ds.attrs, "Conventions": CONVENTIONS, "ddxr_decoding": DECODING}, "Dataset")
     return _replaced(ds, variables, attrs)
 

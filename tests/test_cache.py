@@ -68,6 +68,26 @@ def test_types_come_back_as_written(example: tuple[xr.Dataset, xr.Dataset]) -> N
         assert "ddxr_json_attrs" not in curves_back.attrs
 
 
+@pytest.mark.parametrize(
+    ("created", "stored"),
+    [
+        (["2025-08-20T09:00:00", "2025-08-21T10:00:01"], "seconds since 1970-01-01"),  # ddxr's own encoding
+        (["2025-08-20T09:00:00", "NaT"], None),  # xarray's, as with fractions of a second (the example's)
+    ],
+)
+def test_run_creation_times_round_trip(
+    example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path, created: list[str], stored: str | None
+) -> None:
+    curves, runs = example
+    times = np.resize(np.array(created, dtype="datetime64[ns]"), runs.sizes["run"])
+    runs = runs.assign(created_at=(runs["created_at"].dims, times, runs["created_at"].attrs))
+    assert_roundtrip(curves, runs)
+    with netCDF4.Dataset(write_dataset(curves, runs, tmp_path / "cache.nc")) as file:
+        variable = file.groups["runs"]["created_at"]
+        assert variable.dtype == np.int64
+        assert (variable.units == stored) if stored else variable.units != "seconds since 1970-01-01"
+
+
 def test_point_coordinates_survive_without_data_variables(example: tuple[xr.Dataset, xr.Dataset]) -> None:
     # cf_xarray's decoder keeps only coordinates some data variable carries: ours must keep them all
     coords_only = example[0].drop_vars(list(example[0].data_vars))

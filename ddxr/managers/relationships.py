@@ -29,6 +29,7 @@ ones (their ``state`` is a column).
 from __future__ import annotations
 
 import json
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -170,8 +171,6 @@ class RunRelationshipManager:
         own = _own_links(frame, self.final_steps)
         self._chains = _ancestry(own)
         self.links = _inherit(own, self._chains)[LINK_COLUMNS]
-        self._by_id = self.links.set_index("run_id")
-        self.report = _report(self.links)
 
     @classmethod
     def from_links(cls, links: pd.DataFrame) -> RunRelationshipManager:
@@ -183,9 +182,16 @@ class RunRelationshipManager:
         manager.links = links.reset_index(drop=True)
         manager.final_steps = last_evaluated_steps(None)
         manager._chains = _ancestry(manager.links)
-        manager._by_id = manager.links.set_index("run_id")
-        manager.report = _report(manager.links)
         return manager
+
+    @cached_property
+    def report(self) -> pd.DataFrame:
+        """Run counts by ``link_status`` and ``link_reason`` (``runs``, ``with_conflicts``), for the build report."""
+        return _report(self.links)
+
+    @cached_property
+    def _by_id(self) -> pd.DataFrame:
+        return self.links.set_index("run_id")
 
     def _row(self, run_id: str) -> pd.Series:
         if run_id not in self._by_id.index:
