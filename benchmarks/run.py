@@ -129,11 +129,15 @@ def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
 
     meter = StageMeter()
     dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
-    results = []
+    path = history_rows = None
     for label, step in dd.build_stages():
+        result = None  # the build keeps only what later stages use: holding every stage's result would keep more
         with meter.stage(label):
-            results.append(step())
-    path, result = results[0], results[-1]  # the fingerprint names the file; the last stage gives the Datasets
+            result = step()
+        if label == "fingerprint sources":  # names the file
+            path = result
+        elif label == "read store history":
+            history_rows = len(result.frame)
     with meter.stage("write"):
         write_dataset(*result, path, dd._basis)  # with the basis a refresh compares with, as dataset() writes it
     curves, _ = result
@@ -142,7 +146,7 @@ def child_build(data_dir: str, url: str, cache_dir: str) -> dict:
         "path": str(path),
         "points": curves.sizes["point"],
         "variables": len(curves.data_vars),
-        "history_rows": len(dd._history.frame),
+        "history_rows": history_rows,
         "linked_runs": linked,
         "file_bytes": path.stat().st_size,
     }
@@ -171,7 +175,7 @@ def child_refresh(data_dir: str, url: str, cache_dir: str) -> dict:
         dd = DataDecideNext(data_dir, url, cache_dir=cache_dir, progress=False)
         points = dd.dataset().sizes["point"]
     # an incremental refresh reads the runs of the lineages it lays out again; a full build reads every linked run
-    read = dd.refreshed_from[1] if dd.refreshed_from is not None else dd._history.read_from_store
+    read = dd.refreshed_from[1] if dd.refreshed_from is not None else dd.history_read_from_store
     return meter.close() | {"points": points, "runs_read_from_store": len(read), "how": dd.refresh_note}
 
 

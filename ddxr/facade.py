@@ -93,6 +93,8 @@ class DataDecideNext:
         self.refreshed_from: tuple[Path, list[str]] | None = None
         #: how the last build was made: "refreshed <file>", or why it was a full build
         self.refresh_note = ""
+        #: runs whose history the last full build read from the store; the others' came from the stage cache
+        self.history_read_from_store: list[str] = []
 
     # ------------------------------------------------------------------ sources and managers
     @cached_property
@@ -159,7 +161,9 @@ class DataDecideNext:
             return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
 
         snapshot = self._state().snapshot  # of the rows the fingerprint saw, counted before this read
-        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
+        read = self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
+        self.history_read_from_store = read.read_from_store
+        return read
 
     @cached_property
     def training(self) -> TrainingProgressionManager:
@@ -250,8 +254,8 @@ class DataDecideNext:
         The stage caches are still used: they are keyed by the sources they hold (see :mod:`ddxr.stage_cache`). The
         curves' metric variables are lazy (gathered from the metric tables when read, see
         :func:`ddxr.assemble.assemble_curves`). Sources and managers a later stage no longer needs are released as
-        the build goes (the raw run rows once linked; :attr:`training` and :attr:`pretraining` before the curves are
-        made) and read or built again if used afterwards.
+        the build goes (the raw run rows once linked; the history, :attr:`training` and :attr:`pretraining` before the
+        curves are made) and read or built again if used afterwards.
         """
         return self._run_stages(self.build_stages())
 
@@ -278,9 +282,10 @@ class DataDecideNext:
         runs = assemble_runs(runs_table)
         variables = self.evaluations.variables(available)
         self._basis = Basis.of_build(self, runs_table, issues, list(post_metrics.index), available, variables).encoded()
-        # the progression manager (cleaned history, point table) and the raw DataDecide table are as large as the
-        # curves' coordinates: let go before the curves are made (the points live on until then); rebuilt if used
-        self._forget("training", "pretraining")
+        # the history as read, the progression manager (cleaned history, point table) and the raw DataDecide table
+        # are each as large as the curves' coordinates: let go before the curves are made (the points live on until
+        # then); read or rebuilt if used again
+        self._forget("_history", "training", "pretraining")
         # what the sources' Arrow tables left in pyarrow's pool would otherwise stay mapped through the write
         pa.default_memory_pool().release_unused()
         curves = assemble_curves(

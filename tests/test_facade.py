@@ -185,8 +185,8 @@ def test_a_build_keeps_metrics_lazy_and_releases_what_the_write_does_not_need(tm
     curves, runs = dd.build()
     metrics = [name for name, variable in curves.data_vars.items() if variable.dtype == np.float32]
     assert metrics and not any(curves[name].variable._in_memory for name in metrics)
-    # the progression manager (point table, cleaned history) and the raw tables read are let go ...
-    assert {"training", "pretraining", "_store_runs", "_evaluation_entries"}.isdisjoint(vars(dd))
+    # the history as read, the progression manager (point table, cleaned history) and the raw tables are let go ...
+    assert {"_history", "training", "pretraining", "_store_runs", "_evaluation_entries"}.isdisjoint(vars(dd))
     # ... and rebuilt, the same, when asked for again
     report = json.loads(curves.attrs["build_report"])
     assert dd.training.report.as_dict() == report["progression"]

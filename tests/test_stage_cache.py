@@ -86,7 +86,8 @@ def test_refresh_reads_only_changed_history_and_equals_a_full_rebuild(tmp_path, 
     truth = generate(tmp_path / "sources", store_url=pg_url, params=PARAMS, data=DATA, n_runs=30)
     first = DataDecideNext(tmp_path / "sources", pg_url, cache_dir=tmp_path / "cache", progress=False)
     first.dataset()
-    assert len(first._history.read_from_store) == len(first._history.frame["run_id"].cat.categories)
+    linked = first.relationships.links.query("link_status == 'linked'")["run_id"]
+    assert sorted(first.history_read_from_store) == sorted(linked)
 
     # the store gains runs, and the running run logs more steps and finishes
     store = WandBStore(pg_url)
@@ -105,7 +106,8 @@ def test_refresh_reads_only_changed_history_and_equals_a_full_rebuild(tmp_path, 
 
     refreshed = DataDecideNext(tmp_path / "sources", pg_url, cache_dir=tmp_path / "cache", progress=False)
     curves = refreshed.dataset()
-    read = set(refreshed._history.read_from_store)
+    assert refreshed.refreshed_from is not None, refreshed.refresh_note  # incremental: only new rows were logged
+    read = set(refreshed.refreshed_from[1])
     assert running in read and set(runs["run_id"]) <= read
     assert len(read) < len(set(runs["run_id"])) + 5  # the unchanged runs came from the stage cache
     assert refreshed.runs().sel(run_id=running)["state"].item() == "finished"
@@ -122,7 +124,7 @@ def test_unchanged_store_reads_no_history(tmp_path, sqlite_url):
     DataDecideNext(tmp_path / "sources", sqlite_url, cache_dir=tmp_path / "cache", progress=False).dataset()
     again = DataDecideNext(tmp_path / "sources", sqlite_url, cache_dir=tmp_path / "cache", progress=False)
     again.build()  # a rebuild (new options, or `ddxr build --refresh`) of an unchanged store
-    assert again._history.read_from_store == []
+    assert again.history_read_from_store == []
 
 
 def test_run_ids_become_the_categories_astype_gives() -> None:
