@@ -161,9 +161,7 @@ class DataDecideNext:
             return progress_bar(chunks, desc="history chunks", unit="chunk", enabled=self.progress, nested=True)
 
         snapshot = self._state().snapshot  # of the rows the fingerprint saw, counted before this read
-        read = self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
-        self.history_read_from_store = read.read_from_store
-        return read
+        return self.stage_cache.history(self.wandb, linked, HISTORY_KEYS, snapshot, chunks=bar)
 
     @cached_property
     def training(self) -> TrainingProgressionManager:
@@ -285,6 +283,7 @@ class DataDecideNext:
         # the history as read, the progression manager (cleaned history, point table) and the raw DataDecide table
         # are each as large as the curves' coordinates: let go before the curves are made (the points live on until
         # then); read or rebuilt if used again
+        self.history_read_from_store = self._history.read_from_store
         self._forget("_history", "training", "pretraining")
         # what the sources' Arrow tables left in pyarrow's pool would otherwise stay mapped through the write
         pa.default_memory_pool().release_unused()

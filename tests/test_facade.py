@@ -189,7 +189,10 @@ def test_a_build_keeps_metrics_lazy_and_releases_what_the_write_does_not_need(tm
     assert {"_history", "training", "pretraining", "_store_runs", "_evaluation_entries"}.isdisjoint(vars(dd))
     # ... and rebuilt, the same, when asked for again
     report = json.loads(curves.attrs["build_report"])
+    read = list(dd.history_read_from_store)
+    assert sorted(read) == sorted(dd.relationships.links.query("link_status == 'linked'")["run_id"])
     assert dd.training.report.as_dict() == report["progression"]
+    assert dd.history_read_from_store == read  # what the build read, not what the re-read took from the stage cache
     assert dd.build_report()["pretraining"] == report["pretraining"]
     # the lazy variables write what they read
     path = write_dataset(curves, runs, tmp_path / "built.nc")
