@@ -144,7 +144,9 @@ def test_encodings_in_the_file(written: Path) -> None:
     with netCDF4.Dataset(written) as nc:
         metric = nc["train_loss"]
         assert metric.dtype == np.float32
-        assert metric.filters()["zlib"] and metric.filters()["shuffle"] and metric.filters()["complevel"] == 1
+        assert metric.filters()["zlib"] and metric.filters()["complevel"] == 1
+        metric.set_auto_mask(False)
+        assert metric.filters()["shuffle"] == (np.isnan(metric[:]).mean() <= 0.5)  # shuffled unless mostly NaN
         assert metric.chunking() == [min(metric.size, 16_000)]  # 64,000 bytes at most
         assert nc["cumulative_compute"].dtype == np.float64 and nc["cumulative_compute"].filters()["zlib"]
         assert nc["learning_rate"].dtype == np.float64 and nc["cumulative_tokens"].dtype == np.float64
@@ -592,3 +594,25 @@ def test_the_refresh_basis_reads_back_as_written(example: tuple[xr.Dataset, xr.D
     assert ddxr.cache.read_basis(write_dataset(*example, tmp_path / "without.nc")) is None
     (tmp_path / "not-hdf5.nc").write_bytes(b"CDF\x01 not a netCDF-4 file")
     assert ddxr.cache.read_basis(tmp_path / "not-hdf5.nc") is None
+
+
+def test_mostly_missing_floats_are_stored_without_shuffle(
+    example: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
+) -> None:
+    # an evaluation logged at a few points is one repeated NaN pattern: unshuffled it is as small and reads faster
+    curves, runs = example
+    points = curves.sizes[POINT_DIM]
+    sparse = np.full(points, np.nan, dtype=np.float32)
+    sparse[: points // 3] = 0.5
+    dense = np.linspace(0, 1, points, dtype=np.float32)
+    dense[: points // 3] = np.nan
+    curves = curves.assign(sparse_eval=(POINT_DIM, sparse), dense_metric=(POINT_DIM, dense))
+    path = write_dataset(curves, runs, tmp_path / "sparse.nc")
+    with netCDF4.Dataset(path) as nc:
+        assert not nc["sparse_eval"].filters()["shuffle"] and nc["sparse_eval"].filters()["zlib"]
+        assert nc["dense_metric"].filters()["shuffle"]  # numbers mostly present keep it
+        assert nc["cumulative_compute"].filters()["shuffle"] and nc["step"].filters()["shuffle"]
+    with open_dataset(path) as back:
+        xr.testing.assert_identical(
+            back[["sparse_eval", "dense_metric"]].load(), curves[["sparse_eval", "dense_metric"]]
+        )
